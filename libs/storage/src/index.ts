@@ -10,3 +10,4 @@ export {
   type ObjectWriter,
   type PutOptions,
 } from "./object-store.js";
+export { MemoryStore, checkKey } from "./memory-store.js";
