@@ -1,0 +1,125 @@
+import { spawn, spawnSync } from "node:child_process";
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { connect } from "node:net";
+import { dirname } from "node:path";
+import { IotvaultError } from "@iotvault/errors";
+
+/** True when something accepts TCP connections at host:port within the timeout. */
+export function isPortOpen(host: string, port: number, timeoutMs = 1000): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect({ host, port });
+    const done = (open: boolean) => {
+      socket.destroy();
+      resolve(open);
+    };
+    socket.setTimeout(timeoutMs, () => done(false));
+    socket.once("connect", () => done(true));
+    socket.once("error", () => done(false));
+  });
+}
+
+export async function waitForPort(host: string, port: number, timeoutMs: number): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (await isPortOpen(host, port, 500)) return true;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return false;
+}
+
+export function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as { code?: string }).code === "EPERM";
+  }
+}
+
+export function readPidFile(path: string): number | undefined {
+  try {
+    const pid = Number.parseInt(readFileSync(path, "utf8").trim().split("\n")[0] ?? "", 10);
+    return Number.isInteger(pid) && pid > 0 ? pid : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+export interface DetachedProcess {
+  command: string;
+  args: string[];
+  env?: NodeJS.ProcessEnv;
+  cwd?: string;
+  /** stdout and stderr are appended here. */
+  logFile: string;
+  pidFile: string;
+}
+
+/** Starts a process that outlives this one (own session, output to a log file), records its pid. */
+export function startDetached(p: DetachedProcess): number {
+  mkdirSync(dirname(p.logFile), { recursive: true });
+  mkdirSync(dirname(p.pidFile), { recursive: true });
+  const log = openSync(p.logFile, "a", 0o600);
+  try {
+    const child = spawn(p.command, p.args, {
+      detached: true,
+      stdio: ["ignore", log, log],
+      env: p.env ?? process.env,
+      cwd: p.cwd,
+    });
+    if (child.pid === undefined) {
+      throw new IotvaultError("INTERNAL", `could not start ${p.command}`);
+    }
+    child.unref();
+    writeFileSync(p.pidFile, `${child.pid}\n`, { mode: 0o600 });
+    return child.pid;
+  } finally {
+    closeSync(log);
+  }
+}
+
+/** SIGTERM, wait up to graceMs, then SIGKILL. Returns false when the process was not running. */
+export async function stopPid(pid: number, graceMs = 10_000): Promise<boolean> {
+  if (!isAlive(pid)) return false;
+  try {
+    process.kill(pid, "SIGTERM");
+  } catch {
+    return false;
+  }
+  const deadline = Date.now() + graceMs;
+  while (Date.now() < deadline) {
+    if (!isAlive(pid)) return true;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  try {
+    process.kill(pid, "SIGKILL");
+  } catch {
+    // gone in the meantime
+  }
+  return true;
+}
+
+export function removeFile(path: string): void {
+  rmSync(path, { force: true });
+}
+
+export function fileExists(path: string): boolean {
+  return existsSync(path);
+}
+
+/** Runs a command to completion; throws with its output on failure. */
+export function runSync(command: string, args: string[], options: { cwd?: string; timeoutMs?: number } = {}): string {
+  const result = spawnSync(command, args, {
+    cwd: options.cwd,
+    encoding: "utf8",
+    timeout: options.timeoutMs ?? 60_000,
+  });
+  if (result.status !== 0) {
+    const output = `${result.stdout ?? ""}${result.stderr ?? ""}`.trim().slice(-2000);
+    throw new IotvaultError(
+      "UNAVAILABLE",
+      `${command} ${args.join(" ")} failed (exit ${String(result.status)}): ${output}`,
+    );
+  }
+  return result.stdout;
+}
