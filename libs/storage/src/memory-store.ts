@@ -1,9 +1,18 @@
 import { IotvaultError } from "@iotvault/errors";
-import { KEY_PATTERN, type ByteRange, type ObjectInfo, type ObjectStore, type PutOptions } from "./object-store.js";
+import { checkKey, checkPrefix, resolveRange } from "./keys.js";
+import { type ByteRange, type ObjectInfo, type ObjectStore, type PutOptions } from "./object-store.js";
+import { cancelledError } from "./streams.js";
+
+export { checkKey } from "./keys.js";
 
 /**
  * An in-memory ObjectStore for fast unit tests (like restic's mem backend). It follows the
  * same contract as the real stores and runs the same conformance suite.
+ *
+ * ```ts
+ * const store = new MemoryStore();
+ * await store.put("config", Buffer.from("{}"));
+ * ```
  */
 export class MemoryStore implements ObjectStore {
   readonly location = "memory:";
@@ -11,19 +20,19 @@ export class MemoryStore implements ObjectStore {
 
   async put(key: string, data: Uint8Array, options: PutOptions = {}): Promise<{ existed: boolean }> {
     checkKey(key);
-    options.signal?.throwIfAborted();
+    if (options.signal?.aborted) throw cancelledError(`put of ${key} to ${this.location}`, options.signal);
     if (options.ifAbsent && this.objects.has(key)) return { existed: true };
     this.objects.set(key, { data: Buffer.from(data), modifiedAt: new Date() });
     return { existed: false };
   }
 
-  async get(key: string, range?: ByteRange): Promise<Buffer> {
+  async get(key: string, range?: ByteRange, signal?: AbortSignal): Promise<Buffer> {
     checkKey(key);
+    if (signal?.aborted) throw cancelledError(`read of ${key} from ${this.location}`, signal);
     const obj = this.objects.get(key);
     if (!obj) throw new IotvaultError("NOT_FOUND", `object ${key} not found in ${this.location}`);
-    if (!range) return Buffer.from(obj.data);
-    const end = range.length === undefined ? obj.data.length : range.offset + range.length;
-    return Buffer.from(obj.data.subarray(range.offset, end));
+    const { start, end } = resolveRange(obj.data.length, range);
+    return Buffer.from(obj.data.subarray(start, end));
   }
 
   async stat(key: string): Promise<ObjectInfo | undefined> {
@@ -33,6 +42,8 @@ export class MemoryStore implements ObjectStore {
   }
 
   async *list(prefix: string): AsyncIterable<ObjectInfo> {
+    checkPrefix(prefix);
+    // A snapshot of the keys: writes during the listing neither repeat nor break it.
     for (const [key, obj] of [...this.objects]) {
       if (key.startsWith(prefix)) yield { key, size: obj.data.length, modifiedAt: obj.modifiedAt };
     }
@@ -51,13 +62,5 @@ export class MemoryStore implements ObjectStore {
   /** Test helper: replaces the stored bytes without any check. */
   overwrite(key: string, data: Uint8Array): void {
     this.objects.set(key, { data: Buffer.from(data), modifiedAt: new Date() });
-  }
-}
-
-export function checkKey(key: string): void {
-  if (!KEY_PATTERN.test(key)) {
-    throw new IotvaultError("INVALID_ARGUMENT", `invalid object key ${JSON.stringify(key)}`, {
-      hint: "keys are slash-separated segments of letters, digits, '.', '_' and '-', without '..'",
-    });
   }
 }

@@ -11,13 +11,21 @@
  *   mid-way; a failed put leaves no visible partial object. With `ifAbsent`, an existing
  *   object is kept and `existed: true` is returned.
  * - get() of a missing object throws NOT_FOUND; a range past the end is clamped; a stored
- *   object shorter than expected is not padded.
+ *   object shorter than expected is not padded. Offsets and lengths are non-negative integers
+ *   (anything else is INVALID_ARGUMENT); pass `length: undefined`, not 0, to read to the end
+ *   (remote stores map a length of 0 to "to the end", as the gRPC API does).
  * - stat() returns undefined for a missing object (it does not throw).
  * - list() yields every object under the prefix exactly once, in no particular order, and
- *   never a temporary file.
+ *   never a temporary file. The prefix is a plain string prefix of keys (`data/a` matches
+ *   `data/ab/x`); a prefix that no key could start with (`../`, `/x`) is INVALID_ARGUMENT.
  * - delete() of a missing object returns false.
  * - Errors are IotvaultErrors: NOT_FOUND, UNAVAILABLE (retryable), RESOURCE_EXHAUSTED (disk
- *   full), PERMISSION_DENIED (read-only mount, permissions), INVALID_ARGUMENT.
+ *   full), PERMISSION_DENIED (read-only mount, permissions), INVALID_ARGUMENT,
+ *   FAILED_PRECONDITION (the repository's directory or bucket is missing), CANCELLED (the
+ *   operation's AbortSignal fired).
+ *
+ * Stores that can move objects without holding them in memory also implement
+ * StreamingObjectStore; `putFromStream` / `readObjectStream` use it when it is there.
  */
 export interface ObjectInfo {
   key: string;
@@ -55,3 +63,44 @@ export interface ObjectStore extends ObjectReader, ObjectWriter {
 
 /** Keys are 1-8 segments of [A-Za-z0-9._-], no segment `.` or `..`, no leading or trailing `/`. */
 export const KEY_PATTERN = /^(?!.*(?:^|\/)\.{1,2}(?:\/|$))[A-Za-z0-9._-]+(?:\/[A-Za-z0-9._-]+){0,7}$/;
+
+export interface PutStreamOptions extends PutOptions {
+  /** The exact byte count of the stream; another count fails with INVALID_ARGUMENT, nothing written. */
+  expectedSize?: number | undefined;
+  /** Lower-case hex SHA-256 the content must have; a mismatch fails with DATA_CORRUPT, nothing written. */
+  expectedSha256?: string | undefined;
+  /** Refuse a stream longer than this with RESOURCE_EXHAUSTED (not retryable), nothing written. */
+  maxBytes?: number | undefined;
+}
+
+export interface PutStreamResult {
+  /** True when `ifAbsent` was set and an object was already there (nothing was written). */
+  existed: boolean;
+  /** Bytes written, or the size of the existing object when `existed`. */
+  size: number;
+  /** Lower-case hex SHA-256 of what was written (absent when `existed`). */
+  sha256?: string | undefined;
+}
+
+export interface GetStreamOptions {
+  /** Largest chunk yielded (default 1 MiB). */
+  chunkBytes?: number | undefined;
+  signal?: AbortSignal | undefined;
+}
+
+/**
+ * An ObjectStore that streams objects in and out with bounded memory. `putStream` has the
+ * same atomicity as put(): the object appears whole when the promise resolves, or not at all
+ * (also when the source throws, the signal fires, or a size / sha256 check fails).
+ * `getStream` reads one consistent version of the object, even if it is replaced meanwhile.
+ */
+export interface StreamingObjectStore extends ObjectStore {
+  putStream(key: string, chunks: AsyncIterable<Uint8Array>, options?: PutStreamOptions): Promise<PutStreamResult>;
+  getStream(key: string, range?: ByteRange, options?: GetStreamOptions): AsyncIterable<Buffer>;
+}
+
+/** True when the store implements StreamingObjectStore. */
+export function isStreamingStore(store: ObjectStore): store is StreamingObjectStore {
+  const s = store as Partial<StreamingObjectStore>;
+  return typeof s.putStream === "function" && typeof s.getStream === "function";
+}
