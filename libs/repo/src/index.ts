@@ -1,1 +1,24 @@
-export {};
+/**
+ * @iotvault/repo — repository format v1: content-defined chunking (FastCDC), keyed chunk ids,
+ * zstd, AES-256-GCM, packs, index files and snapshot manifests on any ObjectStore.
+ * The format is documented byte by byte in docs/repository-format.md.
+ *
+ * ```ts
+ * import { Repository } from "@iotvault/repo";
+ * const repo = await Repository.init(store, password);          // or Repository.open(...)
+ * const writer = await repo.startBackup({ runId: "run-42" });
+ * await writer.addNode({ path: "etc", type: "dir", mode: 0o755, mtimeNs: "0", uid: 0, gid: 0 });
+ * await writer.addFile({ path: "etc/app.yaml", type: "file", mode: 0o644, mtimeNs: "0", uid: 0, gid: 0 }, content);
+ * const { snapshot, stats } = await writer.commit({ jobId: "j1", jobName: "cfg", source: "fs:/srv", backupType: "full" });
+ * for await (const node of repo.readTree(snapshot)) if (node.type === "file") for await (const b of repo.readFile(node)) use(b);
+ * const report = await repo.verify({ readData: true });
+ * await repo.close();
+ * ```
+ */
+export { Repository, type RepositoryOptions } from "./repository.js";
+export type { AddFileOptions, BackupOptions, BackupProgressInfo, BackupWriter } from "./backup.js";
+export type { BackupStatsInfo, BackupTypeName, SnapshotManifest, SnapshotMeta, TreeRef } from "./snapshot.js";
+export { comparePaths, unsafePathReason, type NodeType, type TreeNode } from "./tree.js";
+export type { VerifyOptions, VerifyProblem, VerifyProblemKind, VerifyProgressInfo, VerifyReport } from "./verify.js";
+export { FORMAT_VERSION } from "./format.js";
+export type { ChunkerParams } from "./config.js";

@@ -1,0 +1,398 @@
+/**
+ * One backup run: nodes and file contents in, packs, index files and one snapshot manifest out.
+ * Nodes are appended in the order the calls are made (the tree keeps the order of the source);
+ * calls need not wait for each other, but a caller SHOULD keep only a few dozen pending.
+ */
+import { createHash } from "node:crypto";
+import { hostname } from "node:os";
+import { IotvaultError } from "@iotvault/errors";
+import { chunkId } from "./blob.js";
+import { Chunker } from "./chunker.js";
+import { cancelled, storeError, throwIfAborted, type RepoCore } from "./core.js";
+import { FORMAT_VERSION, snapshotKey, type BlobTypeName } from "./format.js";
+import { Packer } from "./packer.js";
+import type { ChunkSealer } from "./sealer.js";
+import {
+  emptyStats,
+  encodeManifest,
+  type BackupStatsInfo,
+  type SnapshotManifest,
+  type SnapshotMeta,
+} from "./snapshot.js";
+import { encodeNode, nodeProblem, type TreeNode } from "./tree.js";
+
+export interface BackupOptions {
+  /** The run this backup belongs to; the snapshot id is derived from it. */
+  runId: string;
+  /** The snapshot unchanged files are taken from (recorded as the parent). */
+  parent?: SnapshotManifest | undefined;
+  signal?: AbortSignal | undefined;
+  onProgress?: ((p: BackupProgressInfo) => void) | undefined;
+}
+
+export interface BackupProgressInfo {
+  filesDone: number;
+  bytesRead: number;
+  bytesNew: number;
+  bytesStored: number;
+  packsWritten: number;
+  currentPath: string;
+}
+
+export interface AddFileOptions {
+  /** The parent snapshot had a file at this path (counts as changed, not new). */
+  existedInParent?: boolean | undefined;
+}
+
+export interface BackupWriter {
+  /** The id the snapshot will have (`repo.snapshotIdFor(runId)`). */
+  readonly snapshotId: string;
+  /** Adds a directory or symlink node. */
+  addNode(node: TreeNode): Promise<void>;
+  /** Chunks, dedups and stores the content, then adds the file node (chunks, sha256, size filled in). */
+  addFile(
+    node: Omit<TreeNode, "chunks" | "sha256">,
+    content: AsyncIterable<Uint8Array>,
+    options?: AddFileOptions,
+  ): Promise<TreeNode>;
+  /** Adds a file node unchanged from the parent snapshot (its chunks are known to exist). */
+  addUnchangedFile(node: TreeNode): Promise<void>;
+  /** Flushes packs and indexes, writes the tree and the manifest. */
+  commit(meta: SnapshotMeta): Promise<{ snapshot: SnapshotManifest; stats: BackupStatsInfo }>;
+  /** Stops; already stored packs stay indexed (for resume). */
+  abort(): Promise<void>;
+}
+
+type State = "open" | "committing" | "aborting" | "done";
+
+const EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+const noop = (): void => undefined;
+
+interface FileContent {
+  chunks: string[];
+  size: number;
+  sha256: string;
+}
+
+/**
+ * Two queues keep the work ordered: contents are consumed one file at a time in call order
+ * (the chunker is shared), and nodes are appended to the tree in call order. A file that is a
+ * single small piece is hashed and sealed in a worker without holding up the next call, so a
+ * caller that keeps several addFile calls pending uses every core.
+ */
+export class BackupSession implements BackupWriter {
+  private readonly stats = emptyStats();
+  private readonly started = Date.now();
+  /** New chunks of this run not yet in the master index (queued, sealing, uploading, unindexed). */
+  private readonly pending = new Set<string>();
+  private readonly dataChunker: Chunker;
+  private readonly treeChunker: Chunker;
+  private readonly treeHash = createHash("sha256");
+  private readonly treeChunks: string[] = [];
+  private treeNodes = 0;
+  private treeBytes = 0;
+  private filesDone = 0;
+  private inputTail: Promise<unknown> = Promise.resolve();
+  private treeTail: Promise<unknown> = Promise.resolve();
+  private state: State = "open";
+  private readonly packer: Packer;
+
+  constructor(
+    private readonly core: RepoCore,
+    private readonly sealer: ChunkSealer,
+    readonly snapshotId: string,
+    private readonly options: BackupOptions,
+  ) {
+    this.dataChunker = new Chunker(core.config.chunker, core.gear);
+    this.treeChunker = new Chunker(core.config.chunker, core.gear);
+    this.packer = new Packer(
+      core,
+      sealer,
+      {
+        onPackStored: (bytes) => {
+          this.stats.packsWritten++;
+          this.stats.bytesStored += bytes;
+          this.progress("");
+        },
+        onIndexStored: (bytes) => {
+          this.stats.bytesStored += bytes;
+        },
+      },
+      options.signal,
+    );
+  }
+
+  addNode(node: TreeNode): Promise<void> {
+    const refused = this.refuseCall() ?? nodeError(node, node.type === "file" ? "file-via-addNode" : undefined);
+    if (refused) return Promise.reject(refused);
+    return this.inTreeOrder(async () => {
+      await this.appendNode(node);
+      if (node.type === "dir") this.stats.dirs++;
+      else this.stats.symlinks++;
+    });
+  }
+
+  addFile(
+    node: Omit<TreeNode, "chunks" | "sha256">,
+    content: AsyncIterable<Uint8Array>,
+    options: AddFileOptions = {},
+  ): Promise<TreeNode> {
+    const refused =
+      this.refuseCall() ??
+      (node.type !== "file"
+        ? new IotvaultError("INVALID_ARGUMENT", `${node.path} is not a file node`)
+        : nodeError({ ...node, size: node.size ?? 0 }));
+    if (refused) return Promise.reject(refused);
+    const prepared = this.inInputOrder(() => this.prepareContent(content));
+    return this.inTreeOrder(async () => {
+      const { chunks, size, sha256 } = await (await prepared).result;
+      const full: TreeNode = { ...node, size, chunks, sha256 };
+      await this.appendNode(full);
+      if (options.existedInParent) this.stats.filesChanged++;
+      else this.stats.filesNew++;
+      this.stats.totalBytes += size;
+      this.filesDone++;
+      this.progress(node.path);
+      return full;
+    });
+  }
+
+  addUnchangedFile(node: TreeNode): Promise<void> {
+    const refused = this.refuseCall() ?? nodeError(node) ?? this.unchangedError(node);
+    if (refused) return Promise.reject(refused);
+    return this.inTreeOrder(async () => {
+      await this.appendNode(node);
+      this.stats.filesUnchanged++;
+      this.stats.totalBytes += node.size ?? 0;
+      this.stats.chunksTotal += node.chunks?.length ?? 0;
+      this.filesDone++;
+      this.progress(node.path);
+    });
+  }
+
+  commit(meta: SnapshotMeta): Promise<{ snapshot: SnapshotManifest; stats: BackupStatsInfo }> {
+    const refused = this.refuseCall();
+    if (refused) return Promise.reject(refused);
+    this.state = "committing";
+    const run = this.treeTail.then(async () => {
+      try {
+        await this.inputTail;
+        throwIfAborted(this.options.signal, "the backup");
+        for (const chunk of this.treeChunker.finish()) this.treeChunks.push(await this.storeChunk(chunk, "tree"));
+        await this.packer.flush();
+        const snapshot = this.manifest(meta);
+        await this.storeManifest(snapshot);
+        this.state = "done";
+        return { snapshot, stats: { ...snapshot.stats } };
+      } catch (err) {
+        if (this.state === "committing") this.state = "open";
+        throw err;
+      }
+    });
+    this.treeTail = run.catch(noop);
+    return run;
+  }
+
+  async abort(): Promise<void> {
+    if (this.state === "done" || this.state === "aborting") return;
+    this.state = "aborting";
+    await this.inputTail.catch(noop);
+    await this.treeTail.catch(noop);
+    await this.packer.abort();
+    this.state = "done";
+  }
+
+  private refuseCall(): IotvaultError | undefined {
+    if (this.state === "open") return undefined;
+    return new IotvaultError("FAILED_PRECONDITION", `the backup of snapshot ${this.snapshotId} is already finished`);
+  }
+
+  private unchangedError(node: TreeNode): IotvaultError | undefined {
+    if (node.type !== "file" || !node.chunks || node.sha256 === undefined || node.size === undefined) {
+      return new IotvaultError("INVALID_ARGUMENT", `${node.path}: an unchanged file needs its chunks, size and sha256`);
+    }
+    const missing = node.chunks.find((id) => !this.core.index.has(id) && !this.pending.has(id));
+    if (missing === undefined) return undefined;
+    return new IotvaultError("NOT_FOUND", `chunk ${missing} of ${node.path} is not in the repository index`, {
+      hint: "read the file again (back it up with addFile)",
+    });
+  }
+
+  /** Runs `fn` after every earlier content step; its failure never blocks later steps. */
+  private inInputOrder<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.inputTail.then(() => {
+      this.checkRunning();
+      return fn();
+    });
+    this.inputTail = run.catch(noop);
+    run.catch(noop); // awaited by the tree step; never an unhandled rejection meanwhile
+    return run;
+  }
+
+  /** Runs `fn` after every earlier tree step (node order = call order). */
+  private inTreeOrder<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.treeTail.then(fn);
+    this.treeTail = run.catch(noop);
+    return run;
+  }
+
+  /**
+   * Consumes a file's content. A file that arrives as one piece no larger than the minimum chunk
+   * size is one chunk: it is hashed and sealed by the sealer (a worker) while later calls go on.
+   */
+  private async prepareContent(content: AsyncIterable<Uint8Array>): Promise<{ result: Promise<FileContent> }> {
+    const it = content[Symbol.asyncIterator]();
+    try {
+      const first = await it.next();
+      if (first.done) return { result: Promise.resolve({ chunks: [], size: 0, sha256: EMPTY_SHA256 }) };
+      this.checkRunning();
+      const small = first.value.length <= this.core.config.chunker.minSize;
+      // A producer may reuse its buffer for the next piece: keep a copy before asking for it.
+      const head = small ? Buffer.from(first.value) : first.value;
+      const second = small ? await it.next() : undefined;
+      if (second?.done) return { result: this.sealWholeFile(head) };
+      const pieces = second ? [head, second.value] : [head];
+      return { result: Promise.resolve(await this.storeContent(pieces, it)) };
+    } catch (err) {
+      await it.return?.().catch(noop);
+      throw err;
+    }
+  }
+
+  private sealWholeFile(piece: Uint8Array): Promise<FileContent> {
+    const size = piece.length;
+    this.stats.bytesRead += size;
+    const result = this.sealer
+      .sealWhole(Buffer.from(piece.buffer, piece.byteOffset, piece.length), this.core.currentKey())
+      .then((s) => {
+        this.stats.chunksTotal++;
+        if (!this.core.index.has(s.id) && !this.pending.has(s.id)) {
+          this.pending.add(s.id);
+          this.stats.chunksNew++;
+          this.stats.bytesNew += size;
+          this.packer.addSealed({ id: s.id, type: "data", flags: s.flags, rawLength: size, sealed: s.sealed });
+        }
+        return { chunks: [s.id], size, sha256: s.sha256 };
+      });
+    result.catch(noop); // awaited by the tree step
+    return result;
+  }
+
+  /** The general path: every piece through the chunker, sha256 over the whole content. */
+  private async storeContent(first: Uint8Array[], rest: AsyncIterator<Uint8Array>): Promise<FileContent> {
+    const hash = createHash("sha256");
+    const chunks: string[] = [];
+    let size = 0;
+    const feed = async (piece: Uint8Array): Promise<void> => {
+      this.checkRunning();
+      hash.update(piece);
+      size += piece.length;
+      this.stats.bytesRead += piece.length;
+      for (const chunk of this.dataChunker.push(piece)) chunks.push(await this.storeChunk(chunk, "data"));
+    };
+    try {
+      for (const piece of first) await feed(piece);
+      for (let r = await rest.next(); r.done !== true; r = await rest.next()) await feed(r.value);
+      for (const chunk of this.dataChunker.finish()) chunks.push(await this.storeChunk(chunk, "data"));
+    } catch (err) {
+      this.dataChunker.reset();
+      throw err;
+    }
+    return { chunks, size, sha256: hash.digest("hex") };
+  }
+
+  private checkRunning(): void {
+    if (this.state === "aborting") throw cancelled("the backup");
+    throwIfAborted(this.options.signal, "the backup");
+    this.packer.check();
+  }
+
+  private async storeChunk(plain: Buffer, type: BlobTypeName): Promise<string> {
+    const id = chunkId(this.core.macKey, plain);
+    this.stats.chunksTotal++;
+    if (this.core.index.has(id) || this.pending.has(id)) return id;
+    this.pending.add(id);
+    this.stats.chunksNew++;
+    this.stats.bytesNew += plain.length;
+    await this.packer.add(id, type, plain);
+    return id;
+  }
+
+  private async appendNode(node: TreeNode): Promise<void> {
+    const line = Buffer.from(encodeNode(node), "utf8");
+    this.treeHash.update(line);
+    this.treeBytes += line.length;
+    this.treeNodes++;
+    for (const chunk of this.treeChunker.push(line)) this.treeChunks.push(await this.storeChunk(chunk, "tree"));
+  }
+
+  private manifest(meta: SnapshotMeta): SnapshotManifest {
+    this.stats.durationMs = Date.now() - this.started;
+    return {
+      version: FORMAT_VERSION,
+      id: this.snapshotId,
+      time: (meta.time ?? new Date()).toISOString(),
+      hostname: meta.hostname ?? hostname(),
+      runId: this.options.runId,
+      jobId: meta.jobId,
+      jobName: meta.jobName,
+      source: meta.source,
+      backupType: meta.backupType,
+      ...(this.options.parent ? { parent: this.options.parent.id } : {}),
+      tags: [...(meta.tags ?? [])],
+      labels: { ...(meta.labels ?? {}) },
+      stats: { ...this.stats },
+      metadata: meta.metadata ?? {},
+      tree: {
+        chunks: [...this.treeChunks],
+        nodes: this.treeNodes,
+        bytes: this.treeBytes,
+        sha256: this.treeHash.copy().digest("hex"),
+      },
+    };
+  }
+
+  private async storeManifest(snapshot: SnapshotManifest): Promise<void> {
+    const key = snapshotKey(snapshot.id);
+    const sealed = this.core.sealObject(key, encodeManifest(snapshot));
+    let existed: boolean;
+    try {
+      ({ existed } = await this.core.store.put(key, sealed, { ifAbsent: true, signal: this.options.signal }));
+    } catch (err) {
+      throw storeError(err, `storing snapshot ${snapshot.id}`);
+    }
+    if (existed) {
+      throw new IotvaultError("ALREADY_EXISTS", `snapshot ${snapshot.id} of run ${snapshot.runId} already exists`, {
+        hint: "the run was committed before; load that snapshot instead of backing up again",
+      });
+    }
+  }
+
+  private progress(currentPath: string): void {
+    const onProgress = this.options.onProgress;
+    if (!onProgress) return;
+    try {
+      onProgress({
+        filesDone: this.filesDone,
+        bytesRead: this.stats.bytesRead,
+        bytesNew: this.stats.bytesNew,
+        bytesStored: this.stats.bytesStored,
+        packsWritten: this.stats.packsWritten,
+        currentPath,
+      });
+    } catch {
+      // A failing progress callback must not fail the backup.
+    }
+  }
+}
+
+function nodeError(
+  node: TreeNode | Omit<TreeNode, "chunks" | "sha256">,
+  special?: "file-via-addNode",
+): IotvaultError | undefined {
+  if (special)
+    return new IotvaultError("INVALID_ARGUMENT", `${node.path} is a file: add it with addFile or addUnchangedFile`);
+  const problem = nodeProblem(node);
+  if (problem) return new IotvaultError("INVALID_ARGUMENT", `tree node ${JSON.stringify(node.path)} ${problem}`);
+  return undefined;
+}

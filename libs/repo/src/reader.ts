@@ -1,0 +1,122 @@
+/**
+ * Reading blobs back: one ranged get per chunk, every chunk decrypted and checked against its
+ * id, errors that name the pack (and the file when known). Never yields unchecked bytes.
+ */
+import { createHash } from "node:crypto";
+import { IotvaultError, isNotFound } from "@iotvault/errors";
+import { unsealBlob } from "./blob.js";
+import { storeError, throwIfAborted, type RepoCore } from "./core.js";
+import { corrupt, packKey } from "./format.js";
+import type { MasterIndex } from "./index-file.js";
+import type { SnapshotManifest } from "./snapshot.js";
+import { decodeNode, type TreeNode } from "./tree.js";
+
+/** Chunks fetched ahead of the consumer while reading a file or a tree. */
+const READ_AHEAD = 4;
+
+export interface BlobContext {
+  /** What the blob belongs to, for messages: `file etc/app.yaml`, `the tree of snapshot <id>`. */
+  owner: string;
+  signal?: AbortSignal | undefined;
+  /** The index to look chunks up in (verify passes a freshly loaded one); default: the repository's. */
+  index?: MasterIndex | undefined;
+}
+
+export async function loadBlob(core: RepoCore, id: string, ctx: BlobContext): Promise<Buffer> {
+  throwIfAborted(ctx.signal, `reading ${ctx.owner}`);
+  const loc = (ctx.index ?? core.index).get(id);
+  if (!loc) {
+    throw new IotvaultError("NOT_FOUND", `chunk ${id} of ${ctx.owner} is not in the repository index`, {
+      hint: "run `iotvault verify`; an index file or pack may have been deleted",
+      details: { chunk: id },
+    });
+  }
+  let sealed: Buffer;
+  try {
+    sealed = await core.store.get(packKey(loc.packId), { offset: loc.offset, length: loc.length }, ctx.signal);
+  } catch (err) {
+    if (isNotFound(err)) {
+      throw new IotvaultError("NOT_FOUND", `pack ${loc.packId} is missing (needed for chunk ${id} of ${ctx.owner})`, {
+        hint: "run `iotvault verify` to list what is affected; restore the pack from another replica",
+        details: { pack: loc.packId, chunk: id },
+      });
+    }
+    throw storeError(err, `reading pack ${loc.packId}`);
+  }
+  const details = { pack: loc.packId, chunk: id };
+  if (sealed.length < loc.length) {
+    throw corrupt(`pack ${loc.packId} is truncated: chunk ${id} of ${ctx.owner} is cut off`, undefined, details);
+  }
+  await core.ensureKey(sealed);
+  const result = unsealBlob(sealed, { id, rawLength: loc.rawLength, flags: loc.flags }, core.keyFor, core.macKey);
+  if (!result.ok) {
+    throw corrupt(`pack ${loc.packId} is corrupt: chunk ${id} of ${ctx.owner}: ${result.problem}`, undefined, details);
+  }
+  return result.plain;
+}
+
+/** Loads blobs in order with a few fetched ahead; prefetched failures never go unhandled. */
+async function* loadInOrder(core: RepoCore, ids: readonly string[], ctx: BlobContext): AsyncGenerator<Buffer> {
+  const pending: Promise<Buffer>[] = [];
+  let next = 0;
+  const fill = (): void => {
+    while (pending.length < READ_AHEAD && next < ids.length) {
+      const p = loadBlob(core, ids[next++]!, ctx);
+      p.catch(() => undefined);
+      pending.push(p);
+    }
+  };
+  fill();
+  while (pending.length > 0) {
+    const plain = await pending.shift()!;
+    fill();
+    yield plain;
+  }
+}
+
+export async function* readFile(core: RepoCore, node: TreeNode, signal?: AbortSignal): AsyncGenerator<Buffer> {
+  if (node.type !== "file") {
+    throw new IotvaultError("INVALID_ARGUMENT", `${node.path} is a ${node.type}, not a file`);
+  }
+  const owner = `file ${node.path}`;
+  const hash = createHash("sha256");
+  let size = 0;
+  for await (const plain of loadInOrder(core, node.chunks ?? [], { owner, signal })) {
+    hash.update(plain);
+    size += plain.length;
+    yield plain;
+  }
+  if (node.size !== undefined && size !== node.size) {
+    throw corrupt(`${owner}: its chunks hold ${size} bytes, the snapshot says ${node.size}`);
+  }
+  if (node.sha256 !== undefined && hash.digest("hex") !== node.sha256) {
+    throw corrupt(`${owner}: the content does not match the sha256 recorded in the snapshot`);
+  }
+}
+
+export async function* readTree(
+  core: RepoCore,
+  snapshot: SnapshotManifest,
+  signal?: AbortSignal,
+  index?: MasterIndex,
+): AsyncGenerator<TreeNode> {
+  const owner = `the tree of snapshot ${snapshot.id}`;
+  const hash = createHash("sha256");
+  let carry: Buffer = Buffer.alloc(0);
+  let count = 0;
+  for await (const plain of loadInOrder(core, snapshot.tree.chunks, { owner, signal, index })) {
+    hash.update(plain);
+    const data = carry.length > 0 ? Buffer.concat([carry, plain]) : plain;
+    let start = 0;
+    for (let nl = data.indexOf(10, start); nl !== -1; nl = data.indexOf(10, start)) {
+      count++;
+      yield decodeNode(data.toString("utf8", start, nl), `${owner}: node ${count}`);
+      start = nl + 1;
+    }
+    carry = data.subarray(start);
+  }
+  if (carry.length > 0) throw corrupt(`${owner} ends in the middle of a node`);
+  if (hash.digest("hex") !== snapshot.tree.sha256 || count !== snapshot.tree.nodes) {
+    throw corrupt(`${owner} does not match the sha256 or node count recorded in the manifest`);
+  }
+}

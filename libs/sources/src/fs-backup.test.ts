@@ -1,0 +1,169 @@
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { appendFileSync } from "node:fs";
+import { chmod, mkdir, rename, symlink, utimes, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { test } from "node:test";
+import { isCode } from "@iotvault/errors";
+import { backupDirectory } from "./fs/backup.js";
+import { restoreToDirectory } from "./fs/restore.js";
+import { backup, describeTree, withSandbox } from "./test-util.js";
+
+const T0 = new Date("2021-03-04T05:06:07.123456Z");
+
+/** A small IoT-gateway-like tree with every kind of node the fs source handles. */
+async function makeTree(root: string): Promise<void> {
+  await mkdir(join(root, "données"), { recursive: true });
+  await mkdir(join(root, "etc/app"), { recursive: true });
+  await mkdir(join(root, "empty-dir"));
+  await mkdir(join(root, "logs"));
+  await writeFile(join(root, "données/Æ.txt"), "non-ASCII names work\n");
+  await writeFile(join(root, "日本語.ttl"), "@prefix ex: <http://example.org/> .\nex:a ex:b ex:c .\n");
+  await writeFile(join(root, "etc/app/config.yaml"), "mqtt:\n  port: 1883\n");
+  await writeFile(join(root, "etc/app/run.sh"), "#!/bin/sh\nexec app\n");
+  await chmod(join(root, "etc/app/run.sh"), 0o750);
+  await writeFile(join(root, "etc/secret.key"), "k");
+  await chmod(join(root, "etc/secret.key"), 0o600);
+  await writeFile(join(root, "empty.txt"), "");
+  await writeFile(join(root, "big.bin"), randomBytes(3 << 20));
+  await writeFile(join(root, "logs/app.log"), "line\n".repeat(1000));
+  await symlink("données/Æ.txt", join(root, "link-to-file"));
+  await symlink("etc", join(root, "link-to-dir"));
+  await symlink("missing-target", join(root, "dangling"));
+  await chmod(join(root, "données"), 0o750);
+  for (const p of ["données/Æ.txt", "日本語.ttl", "big.bin", "empty.txt", "etc/app", "empty-dir", "données", "etc"]) {
+    await utimes(join(root, p), T0, T0);
+  }
+}
+
+void test("backup then restore gives a byte-identical tree (contents, modes, mtimes, symlinks, empty and non-ASCII)", async () => {
+  await withSandbox(async ({ dir, repo }) => {
+    const src = dir("src");
+    await makeTree(src);
+    const { snapshot, result } = await backup(repo, "r1", { root: src });
+    assert.deepEqual(
+      { files: result.files, dirs: result.dirs, symlinks: result.symlinks, warnings: result.warnings },
+      { files: 8, dirs: 5, symlinks: 3, warnings: 0 },
+    );
+    const dst = dir("dst");
+    const restored = await restoreToDirectory(repo, snapshot, { target: dst, verify: true });
+    assert.equal(restored.verified, true);
+    assert.equal(restored.files, 8);
+    assert.deepEqual(await describeTree(dst), await describeTree(src));
+  });
+});
+
+void test("include and exclude globs; an excluded directory is not descended into", async () => {
+  await withSandbox(async ({ dir, repo }) => {
+    const src = dir("src");
+    await makeTree(src);
+    const warnings: string[] = [];
+    const excluded = await backup(repo, "ex", {
+      root: src,
+      exclude: ["*.log", "etc/app", "big.bin"],
+      onWarning: (w) => warnings.push(w.path),
+    });
+    const paths: string[] = [];
+    for await (const n of repo.readTree(excluded.snapshot)) paths.push(n.path);
+    assert.ok(paths.includes("logs"), "the logs dir itself is kept");
+    assert.ok(!paths.some((p) => p.endsWith(".log") || p.startsWith("etc/app") || p === "big.bin"), paths.join());
+    assert.ok(paths.includes("etc/secret.key"));
+
+    const included = await backup(repo, "in", { root: src, include: ["etc/app", "*.ttl"] });
+    const kept: string[] = [];
+    for await (const n of repo.readTree(included.snapshot)) kept.push(n.path);
+    assert.deepEqual(kept, ["etc", "etc/app", "etc/app/config.yaml", "etc/app/run.sh", "日本語.ttl"]);
+    assert.deepEqual(warnings, []);
+  });
+});
+
+void test("with a parent snapshot, unchanged files are not read again", async () => {
+  await withSandbox(async ({ dir, repo }) => {
+    const src = dir("src");
+    await makeTree(src);
+    const first = await backup(repo, "p1", { root: src });
+    assert.ok(first.bytesRead > 3 << 20);
+
+    await writeFile(join(src, "etc/app/config.yaml"), "mqtt:\n  port: 8883\n  tls: true\n");
+    // Same size and mtime, but a new inode: must be read again.
+    await writeFile(join(src, "empty.txt.new"), "");
+    await rename(join(src, "empty.txt.new"), join(src, "empty.txt"));
+    await utimes(join(src, "empty.txt"), T0, T0);
+
+    const second = await backup(repo, "p2", { root: src, parent: first.snapshot });
+    const changedBytes = "mqtt:\n  port: 8883\n  tls: true\n".length;
+    assert.equal(second.bytesRead, changedBytes, "only the changed file's bytes were read");
+    assert.equal(second.result.unchanged, 6);
+    assert.equal(second.result.files, 8);
+    assert.equal(second.snapshot.parent, first.snapshot.id);
+    assert.equal(second.snapshot.stats.filesUnchanged, 6);
+    assert.equal(second.snapshot.stats.filesChanged, 2);
+
+    const dst = dir("dst");
+    await restoreToDirectory(repo, second.snapshot, { target: dst, verify: true });
+    assert.deepEqual(await describeTree(dst), await describeTree(src));
+  });
+});
+
+void test("restore with an include pattern restores the matches and the directories leading to them", async () => {
+  await withSandbox(async ({ dir, repo }) => {
+    const src = dir("src");
+    await makeTree(src);
+    const { snapshot } = await backup(repo, "r", { root: src });
+    const dst = dir("dst");
+    const result = await restoreToDirectory(repo, snapshot, { target: dst, include: ["etc/app/*.yaml", "Æ.txt"] });
+    assert.equal(result.files, 2);
+    const tree = await describeTree(dst);
+    assert.deepEqual(
+      Object.keys(tree).sort(),
+      ["données", "données/Æ.txt", "etc", "etc/app", "etc/app/config.yaml"].sort(),
+    );
+    const original = await describeTree(src);
+    assert.deepEqual(tree["etc/app/config.yaml"], original["etc/app/config.yaml"]);
+    assert.deepEqual(tree["données"], original["données"], "leading directories get their mode and mtime");
+  });
+});
+
+void test("special files are skipped with a warning; a file changing while read is never recorded wrongly", async () => {
+  await withSandbox(async ({ dir, repo }) => {
+    const src = dir("src");
+    await mkdir(src);
+    execFileSync("mkfifo", [join(src, "a-fifo")]);
+    await writeFile(join(src, "growing.log"), randomBytes(24 << 20));
+    await writeFile(join(src, "stable.txt"), "stable");
+    const warnings: { path: string; message: string }[] = [];
+    const appender = setInterval(() => appendFileSync(join(src, "growing.log"), "more\n"), 0);
+    let result;
+    try {
+      const writer = await repo.startBackup({ runId: "w" });
+      result = await backupDirectory(repo, writer, { root: src, onWarning: (w) => warnings.push(w) });
+      const { snapshot } = await writer.commit({ jobId: "j", jobName: "j", source: "fs:x", backupType: "full" });
+      const paths: string[] = [];
+      for await (const n of repo.readTree(snapshot)) paths.push(n.path);
+      assert.deepEqual(paths, ["stable.txt"]);
+    } finally {
+      clearInterval(appender);
+    }
+    assert.equal(result.warnings, 2);
+    assert.deepEqual(
+      warnings.map((w) => w.path),
+      ["a-fifo", "growing.log"],
+    );
+    assert.match(warnings[1]!.message, /changed while being read/);
+  });
+});
+
+void test("a missing root or a root that is a file is refused", async () => {
+  await withSandbox(async ({ dir, repo }) => {
+    const writer = await repo.startBackup({ runId: "x" });
+    await assert.rejects(backupDirectory(repo, writer, { root: dir("nope") }), (err: unknown) =>
+      isCode(err, "NOT_FOUND"),
+    );
+    await writeFile(dir("file"), "x");
+    await assert.rejects(backupDirectory(repo, writer, { root: dir("file") }), (err: unknown) =>
+      isCode(err, "INVALID_ARGUMENT"),
+    );
+    await writer.abort();
+  });
+});

@@ -1,0 +1,170 @@
+import assert from "node:assert/strict";
+import { lstat, mkdir, readFile, readdir, symlink, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { test } from "node:test";
+import { isCode } from "@iotvault/errors";
+import type { Repository, SnapshotManifest, TreeNode } from "@iotvault/repo";
+import { restoreToDirectory } from "./fs/restore.js";
+import { backup, withSandbox } from "./test-util.js";
+
+const meta = { jobId: "j", jobName: "evil", source: "fs:/evil", backupType: "full" } as const;
+const base = { mode: 0o644, mtimeNs: "1600000000000000000", uid: 0, gid: 0 };
+
+async function* bytes(text: string): AsyncGenerator<Uint8Array> {
+  yield Buffer.from(text);
+}
+
+/** A hostile snapshot, written node by node through the BackupWriter (as a malicious writer could). */
+async function craft(
+  repo: Repository,
+  runId: string,
+  nodes: (TreeNode | { file: string; content: string })[],
+): Promise<SnapshotManifest> {
+  const w = await repo.startBackup({ runId });
+  for (const n of nodes) {
+    if ("file" in n) await w.addFile({ ...base, path: n.file, type: "file" }, bytes(n.content));
+    else await w.addNode(n);
+  }
+  return (await w.commit(meta)).snapshot;
+}
+
+const entries = async (dir: string): Promise<string[]> => (await readdir(dir)).sort();
+
+void test("a node path with '..' or an absolute path is refused; nothing escapes the target", async () => {
+  await withSandbox(async ({ dir, repo }) => {
+    const parent = dir("restore");
+    await mkdir(parent);
+    const target = join(parent, "target");
+    for (const [i, path] of ["../escape.txt", "/tmp-abs-escape.txt", "a/../../escape.txt", "a//b", "./x"].entries()) {
+      const snap = await craft(repo, `dots-${i}`, [{ file: path, content: "pwned" }]);
+      await assert.rejects(restoreToDirectory(repo, snap, { target }), (err: unknown) => {
+        assert.ok(isCode(err, "INVALID_ARGUMENT"), `${path}: ${String(err)}`);
+        assert.ok(err.message.startsWith(`refusing to restore ${JSON.stringify(path)}`), err.message);
+        return true;
+      });
+    }
+    assert.deepEqual(await entries(parent), ["target"]);
+    assert.deepEqual(await entries(target), []);
+  });
+});
+
+void test("a symlink pointing outside the target is refused unless allowed", async () => {
+  await withSandbox(async ({ dir, repo }) => {
+    const outside = dir("outside");
+    await mkdir(outside);
+    const snap = await craft(repo, "ext", [
+      { ...base, path: "ok-link", type: "symlink", mode: 0o777, target: "sub/../inside.txt" },
+      { ...base, path: "out", type: "symlink", mode: 0o777, target: outside },
+    ]);
+    await assert.rejects(restoreToDirectory(repo, snap, { target: dir("t1") }), (err: unknown) => {
+      assert.ok(isCode(err, "PERMISSION_DENIED"), String(err));
+      assert.match(
+        err.message,
+        /refusing to restore "out": the symlink target .* points outside the restore directory/,
+      );
+      return true;
+    });
+    const relative = await craft(repo, "ext-rel", [
+      { ...base, path: "a/up", type: "symlink", mode: 0o777, target: "../../../etc/passwd" },
+    ]);
+    await assert.rejects(restoreToDirectory(repo, relative, { target: dir("t2") }), (err: unknown) =>
+      isCode(err, "PERMISSION_DENIED"),
+    );
+    const allowed = await restoreToDirectory(repo, snap, { target: dir("t3"), allowExternalSymlinks: true });
+    assert.equal(allowed.symlinks, 2);
+    assert.ok((await lstat(join(dir("t3"), "out"))).isSymbolicLink());
+  });
+});
+
+void test("nothing is written through a symlinked parent, inside or outside the target", async () => {
+  await withSandbox(async ({ dir, repo }) => {
+    const outside = dir("outside");
+    await mkdir(outside);
+    const external = await craft(repo, "through-ext", [
+      { ...base, path: "out", type: "symlink", mode: 0o777, target: outside },
+      { file: "out/evil.txt", content: "pwned" },
+    ]);
+    await assert.rejects(
+      restoreToDirectory(repo, external, { target: dir("t1"), allowExternalSymlinks: true }),
+      (err: unknown) => {
+        assert.ok(isCode(err, "PERMISSION_DENIED"), String(err));
+        assert.match(err.message, /its parent out is a symlink/);
+        return true;
+      },
+    );
+    assert.deepEqual(await entries(outside), [], "nothing was written outside");
+
+    const internal = await craft(repo, "through-int", [
+      { ...base, path: "sub", type: "dir", mode: 0o755 },
+      { ...base, path: "sub-link", type: "symlink", mode: 0o777, target: "sub" },
+      { file: "sub-link/x.txt", content: "through a link" },
+    ]);
+    await assert.rejects(restoreToDirectory(repo, internal, { target: dir("t2") }), (err: unknown) =>
+      isCode(err, "PERMISSION_DENIED"),
+    );
+    assert.deepEqual(await entries(join(dir("t2"), "sub")), []);
+
+    // A symlink already present in the target is not followed either.
+    const t3 = dir("t3");
+    await mkdir(t3);
+    await symlink(outside, join(t3, "etc"));
+    const plain = await craft(repo, "pre-existing", [{ file: "etc/passwd", content: "pwned" }]);
+    await assert.rejects(restoreToDirectory(repo, plain, { target: t3 }), (err: unknown) =>
+      isCode(err, "PERMISSION_DENIED"),
+    );
+    assert.deepEqual(await entries(outside), []);
+  });
+});
+
+void test("an existing file is refused without overwrite and replaced with it; no temp file is left", async () => {
+  await withSandbox(async ({ dir, repo }) => {
+    const src = dir("src");
+    await mkdir(join(src, "etc"), { recursive: true });
+    await writeFile(join(src, "etc/a.conf"), "from the snapshot");
+    const { snapshot } = await backup(repo, "r", { root: src });
+    const target = dir("target");
+    await mkdir(join(target, "etc"), { recursive: true });
+    await writeFile(join(target, "etc/a.conf"), "local edit");
+    await assert.rejects(restoreToDirectory(repo, snapshot, { target }), (err: unknown) => {
+      assert.ok(isCode(err, "ALREADY_EXISTS"), String(err));
+      assert.match(err.message, /refusing to restore "etc\/a.conf": it already exists/);
+      assert.match(err.hint ?? "", /overwrite/);
+      return true;
+    });
+    assert.equal(await readFile(join(target, "etc/a.conf"), "utf8"), "local edit");
+    await restoreToDirectory(repo, snapshot, { target, overwrite: true, verify: true });
+    assert.equal(await readFile(join(target, "etc/a.conf"), "utf8"), "from the snapshot");
+    assert.deepEqual(await entries(join(target, "etc")), ["a.conf"]);
+  });
+});
+
+void test("a restore that fails mid-file leaves no half file under the final name", async () => {
+  await withSandbox(async ({ dir, repo, store }) => {
+    const src = dir("src");
+    await mkdir(src);
+    const big = Buffer.alloc(6 << 20);
+    for (let i = 0; i < big.length; i += 4) big.writeUInt32LE((i * 2654435761) >>> 0, i);
+    await writeFile(join(src, "big.bin"), big);
+    const { snapshot } = await backup(repo, "r", { root: src });
+    // Damage the last chunk's pack so that the failure comes after data was written.
+    const node = (await (async () => {
+      for await (const n of repo.readTree(snapshot)) return n;
+      return undefined;
+    })())!;
+    const lastChunk = node.chunks![node.chunks!.length - 1]!;
+    let damaged = 0;
+    for await (const info of store.list("data/")) {
+      const raw = store.raw(info.key)!;
+      const core = Reflect.get(repo, "core") as { index: { get(id: string): { packId: string; offset: number } } };
+      const loc = core.index.get(lastChunk);
+      if (info.key.endsWith(loc.packId)) {
+        raw[loc.offset + 40]! ^= 0xff;
+        damaged++;
+      }
+    }
+    assert.equal(damaged, 1);
+    const target = dir("target");
+    await assert.rejects(restoreToDirectory(repo, snapshot, { target }), (err: unknown) => isCode(err, "DATA_CORRUPT"));
+    assert.deepEqual(await entries(target), []);
+  });
+});
