@@ -1,0 +1,507 @@
+/**
+ * The commands of `iotvault`. Each takes its arguments (after the command words) and a Context.
+ */
+import { mkdtemp } from "node:fs/promises";
+import { resolve } from "node:path";
+import { readRepositoryPassword } from "@iotvault/config";
+import { IotvaultError } from "@iotvault/errors";
+import {
+  BackupType,
+  type CatalogServiceClient,
+  CreateJobRequest,
+  Job,
+  Run,
+  RunStatus,
+  Snapshot,
+  backupTypeFromJSON,
+  backupTypeToJSON,
+  runStatusToJSON,
+  RestoreResult,
+  VerifyResult,
+} from "@iotvault/proto";
+import { Repository } from "@iotvault/repo";
+import { GatewayObjectStore, callServerStream, callUnary } from "@iotvault/rpc";
+import { makeGatewayTree } from "@iotvault/sample";
+import { readSpans, renderTraceTree } from "@iotvault/telemetry";
+import { flag, list, parse, required, str } from "./args.js";
+import type { Context } from "./context.js";
+import { ProgressBar, formatBytes, formatDuration, formatTime, table } from "./output.js";
+import { stackDown, stackStatus, stackUp } from "./stack.js";
+
+const short = (id: string) => id.slice(0, 12);
+
+function parseType(value: string | undefined): BackupType {
+  if (!value) return BackupType.BACKUP_TYPE_UNSPECIFIED;
+  const t = backupTypeFromJSON(`BACKUP_TYPE_${value.toUpperCase()}`);
+  if (t === BackupType.UNRECOGNIZED || t === BackupType.BACKUP_TYPE_UNSPECIFIED) {
+    throw new IotvaultError("INVALID_ARGUMENT", `unknown backup type "${value}"`, {
+      hint: "use full, incremental or differential",
+    });
+  }
+  return t;
+}
+
+const typeName = (t: BackupType) => backupTypeToJSON(t).replace("BACKUP_TYPE_", "").toLowerCase();
+const statusName = (s: RunStatus) => runStatusToJSON(s).replace("RUN_STATUS_", "").toLowerCase();
+
+// ---------------------------------------------------------------------------------------------- stack
+
+export async function stack(ctx: Context, argv: string[]): Promise<void> {
+  const usage = "iotvault stack up|down|status [--json]";
+  const p = parse(argv, {}, usage);
+  const sub = required(p.positionals[0], "stack command (up, down or status)", usage);
+  const log = (line: string) => ctx.info(line);
+  if (sub === "up") {
+    const status = await stackUp(ctx.config, ctx.env, log);
+    ctx.print(
+      { home: ctx.config.home, components: status },
+      () => renderStatus(status) + `\n\nIOTVAULT_HOME=${ctx.config.home}`,
+    );
+  } else if (sub === "down") {
+    const stopped = await stackDown(ctx.config, log);
+    ctx.print({ stopped }, () =>
+      stopped.length
+        ? `stopped: ${stopped.join(", ")}`
+        : "nothing to stop (no process started by `stack up` is running)",
+    );
+  } else if (sub === "status") {
+    const status = await stackStatus(ctx.config);
+    ctx.print({ home: ctx.config.home, components: status }, () => renderStatus(status));
+    if (status.some((s) => s.kind === "service" && s.state !== "running")) process.exitCode = 3;
+  } else {
+    throw new IotvaultError("INVALID_ARGUMENT", `unknown stack command "${sub}"`, { hint: `usage: ${usage}` });
+  }
+}
+
+function renderStatus(status: Awaited<ReturnType<typeof stackStatus>>): string {
+  return table(
+    ["COMPONENT", "STATE", "ADDRESS", "PID"],
+    status.map((s) => [
+      s.name,
+      s.state + (s.kind !== "service" && s.state === "external" ? " (not started by iotvault)" : ""),
+      s.address,
+      s.pid ? String(s.pid) : "-",
+    ]),
+  );
+}
+
+// ---------------------------------------------------------------------------------------------- repo
+
+function password(ctx: Context): Buffer {
+  return readRepositoryPassword(ctx.env, ctx.config.repository.passwordFile).password;
+}
+
+export async function repo(ctx: Context, argv: string[]): Promise<void> {
+  const usage = "iotvault repo init <name> --url file:///path | repo list";
+  const p = parse(argv, { url: { type: "string" } }, usage);
+  const sub = required(p.positionals[0], "repo command (init or list)", usage);
+  if (sub === "list") {
+    const res = await callUnary(ctx.gateway, "listRepositories", {});
+    ctx.print(res.repositories, () =>
+      table(
+        ["NAME", "TARGETS"],
+        res.repositories.map((r) => [r.name, r.targets.join(", ")]),
+      ),
+    );
+    return;
+  }
+  if (sub !== "init")
+    throw new IotvaultError("INVALID_ARGUMENT", `unknown repo command "${sub}"`, { hint: `usage: ${usage}` });
+  const name = required(p.positionals[1], "repository name", usage);
+  const url = required(str(p, "url"), "--url", usage);
+  const secret = password(ctx);
+  const created = await callUnary(ctx.gateway, "createRepository", { name, url });
+  const store = new GatewayObjectStore(ctx.gateway, name, { address: ctx.config.addressOf("storage-gateway") });
+  if (await Repository.exists(store)) {
+    throw new IotvaultError("ALREADY_EXISTS", `${url} already holds an iotvault repository`, {
+      hint: "use it as it is (jobs can name it), or choose another URL",
+    });
+  }
+  const repository = await Repository.init(store, secret, { scryptLogN: ctx.config.repository.scryptLogN });
+  await repository.close();
+  ctx.print(
+    { name, id: repository.id, targets: created.repository?.targets ?? [] },
+    () =>
+      `repository ${name} initialised at ${url} (id ${short(repository.id)})\nkeep the passphrase safe: without it the data cannot be read`,
+  );
+}
+
+// ---------------------------------------------------------------------------------------------- job
+
+export async function job(ctx: Context, argv: string[]): Promise<void> {
+  const usage =
+    "iotvault job create <name> --source <url> --repo <name> [--schedule CRON] [--tz ZONE] [--type full|incremental|differential] [--site S] [--include GLOB]... [--exclude GLOB]... | job list | job show <job> | job delete <job>";
+  const p = parse(
+    argv,
+    {
+      source: { type: "string" },
+      repo: { type: "string" },
+      schedule: { type: "string" },
+      tz: { type: "string" },
+      type: { type: "string" },
+      site: { type: "string" },
+      include: { type: "string", multiple: true },
+      exclude: { type: "string", multiple: true },
+    },
+    usage,
+  );
+  const sub = required(p.positionals[0], "job command (create, list, show or delete)", usage);
+  const s = ctx.scheduler;
+  if (sub === "create") {
+    const name = required(p.positionals[1], "job name", usage);
+    const source = required(str(p, "source"), "--source", usage);
+    const repository = required(str(p, "repo"), "--repo", usage);
+    const req = CreateJobRequest.fromPartial({
+      job: {
+        name,
+        source: /^[a-z][a-z0-9+.-]*:/.test(source) ? source : `fs:${resolve(source)}`,
+        repository,
+        schedule: str(p, "schedule") ?? "",
+        timeZone: str(p, "tz") ?? "",
+        backupType: parseType(str(p, "type")),
+        site: str(p, "site") ?? "",
+        include: list(p, "include"),
+        exclude: list(p, "exclude"),
+      },
+    });
+    const res = await callUnary(s, "createJob", req);
+    ctx.print(Job.toJSON(res.job!), () => `job ${res.job!.name} created (id ${res.job!.id})`);
+  } else if (sub === "list") {
+    const res = await callUnary(s, "listJobs", {});
+    ctx.print(
+      res.jobs.map((j) => Job.toJSON(j)),
+      () =>
+        table(
+          ["NAME", "SOURCE", "REPOSITORY", "SCHEDULE", "TYPE", "SITE"],
+          res.jobs.map((j) => [
+            j.name,
+            j.source,
+            j.repository,
+            j.schedule ? `${j.schedule} (${j.timeZone})` : "-",
+            typeName(j.backupType),
+            j.site,
+          ]),
+        ),
+    );
+  } else if (sub === "show") {
+    const res = await callUnary(s, "getJob", { job: required(p.positionals[1], "job", usage) });
+    ctx.print(Job.toJSON(res.job!), () => JSON.stringify(Job.toJSON(res.job!), null, 2));
+  } else if (sub === "delete") {
+    const jobName = required(p.positionals[1], "job", usage);
+    await callUnary(s, "deleteJob", { job: jobName });
+    ctx.print({ deleted: jobName }, () => `job ${jobName} deleted (its snapshots stay in the repository)`);
+  } else {
+    throw new IotvaultError("INVALID_ARGUMENT", `unknown job command "${sub}"`, { hint: `usage: ${usage}` });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------- backup
+
+export async function backup(ctx: Context, argv: string[]): Promise<void> {
+  const usage = "iotvault backup <job> [--type full|incremental|differential] [--wait] [--timeout SECONDS]";
+  const p = parse(argv, { type: { type: "string" }, wait: { type: "boolean" }, timeout: { type: "string" } }, usage);
+  const jobName = required(p.positionals[0], "job", usage);
+  const s = ctx.scheduler;
+  const res = await callUnary(s, "triggerBackup", {
+    job: jobName,
+    backupType: parseType(str(p, "type")),
+    requestedBy: `cli:${process.env["USER"] ?? "unknown"}`,
+  });
+  if (!flag(p, "wait")) {
+    ctx.print(
+      { runId: res.runId, scheduledAt: res.scheduledAt, duplicate: res.duplicate, traceId: res.traceId },
+      () =>
+        `run ${res.runId} queued${res.duplicate ? " (already queued before)" : ""}\ntrace ${res.traceId}\nfollow it with: iotvault runs --job ${jobName}`,
+    );
+    return;
+  }
+  const timeoutMs = Number(str(p, "timeout") ?? "3600") * 1000;
+  const run = await waitForRun(ctx, res.runId, timeoutMs);
+  const stats = run.stats;
+  ctx.print(Run.toJSON(run), () => {
+    const lines = [
+      `run        ${run.runId}  ${statusName(run.status)}`,
+      `snapshot   ${run.snapshotId || "-"}`,
+      `trace      ${run.traceId || res.traceId}`,
+    ];
+    if (stats) {
+      lines.push(
+        `files      ${Number(stats.filesNew)} new, ${Number(stats.filesChanged)} changed, ${Number(stats.filesUnchanged)} unchanged, ${Number(stats.dirs)} dirs, ${Number(stats.symlinks)} symlinks`,
+        `size       ${formatBytes(stats.totalBytes)} in the snapshot, ${formatBytes(stats.bytesRead)} read`,
+        `added      ${formatBytes(stats.bytesNew)} of new data, ${formatBytes(stats.bytesStored)} stored (compressed, encrypted)`,
+        `duration   ${formatDuration(stats.durationMs)}`,
+      );
+    }
+    if (run.error)
+      lines.push(`error      ${run.error.message}${run.error.hint ? `\nhint       ${run.error.hint}` : ""}`);
+    return lines.join("\n");
+  });
+  if (run.status !== RunStatus.RUN_STATUS_SUCCEEDED) process.exitCode = 1;
+}
+
+/** Polls the catalog until the run is over, with a progress bar on a TTY. */
+async function waitForRun(ctx: Context, runId: string, timeoutMs: number): Promise<Run> {
+  const c: CatalogServiceClient = ctx.catalog;
+  const bar = new ProgressBar();
+  const deadline = Date.now() + timeoutMs;
+  try {
+    while (Date.now() < deadline) {
+      const run = await callUnary(c, "getRun", { runId }).then(
+        (r) => r.run,
+        (err: unknown) => {
+          if (err instanceof IotvaultError && err.code === "NOT_FOUND") return undefined; // queued, not started yet
+          throw err;
+        },
+      );
+      if (
+        run &&
+        [RunStatus.RUN_STATUS_SUCCEEDED, RunStatus.RUN_STATUS_FAILED, RunStatus.RUN_STATUS_CANCELLED].includes(
+          run.status,
+        )
+      ) {
+        return run;
+      }
+      bar.update({
+        done: Number(run?.bytesDone ?? 0),
+        total: 0,
+        label: run ? `backup ${short(runId)}` : `queued ${short(runId)}`,
+        detail: run ? `${Number(run.filesDone)} files` : "waiting for an executor",
+      });
+      await new Promise((r) => setTimeout(r, 300));
+    }
+  } finally {
+    bar.done();
+  }
+  throw new IotvaultError("DEADLINE_EXCEEDED", `run ${runId} did not finish within ${timeoutMs / 1000} s`, {
+    hint: "it may still be running: check `iotvault runs`; is an executor up for the job's site?",
+  });
+}
+
+// ---------------------------------------------------------------------------------------------- runs, snapshots
+
+export async function runs(ctx: Context, argv: string[]): Promise<void> {
+  const usage = "iotvault runs [--job J] [--limit N]";
+  const p = parse(argv, { job: { type: "string" }, limit: { type: "string" } }, usage);
+  const c = ctx.catalog;
+  const res = await callUnary(c, "listRuns", {
+    job: str(p, "job") ?? "",
+    status: 0,
+    limit: Number(str(p, "limit") ?? 20),
+  });
+  ctx.print(
+    res.runs.map((r) => Run.toJSON(r)),
+    () =>
+      table(
+        ["RUN", "JOB", "STATUS", "TYPE", "STARTED", "DURATION", "ADDED", "SNAPSHOT"],
+        res.runs.map((r) => [
+          r.runId,
+          r.jobName,
+          statusName(r.status),
+          typeName(r.backupType),
+          formatTime(r.startedAt),
+          r.stats ? formatDuration(r.stats.durationMs) : "-",
+          r.stats ? formatBytes(r.stats.bytesStored) : "-",
+          r.snapshotId ? short(r.snapshotId) : "-",
+        ]),
+      ),
+  );
+}
+
+export async function snapshots(ctx: Context, argv: string[]): Promise<void> {
+  const usage = "iotvault snapshots [--job J] [--repo R] [--limit N]";
+  const p = parse(argv, { job: { type: "string" }, repo: { type: "string" }, limit: { type: "string" } }, usage);
+  const c = ctx.catalog;
+  const res = await callUnary(c, "listSnapshots", {
+    job: str(p, "job") ?? "",
+    repository: str(p, "repo") ?? "",
+    limit: Number(str(p, "limit") ?? 50),
+  });
+  ctx.print(
+    res.snapshots.map((s) => Snapshot.toJSON(s)),
+    () =>
+      table(
+        ["SNAPSHOT", "TIME", "JOB", "REPOSITORY", "TYPE", "SIZE", "FILES"],
+        res.snapshots.map((s) => [
+          short(s.snapshotId),
+          formatTime(s.time),
+          s.jobName,
+          s.repository,
+          typeName(s.backupType),
+          s.stats ? formatBytes(s.stats.totalBytes) : "-",
+          s.stats ? String(Number(s.stats.filesNew + s.stats.filesChanged + s.stats.filesUnchanged)) : "-",
+        ]),
+      ),
+  );
+}
+
+// ---------------------------------------------------------------------------------------------- restore, verify
+
+async function repositoryOf(
+  ctx: Context,
+  snapshotId: string,
+  given: string | undefined,
+): Promise<{ repository: string; snapshotId: string }> {
+  if (given) return { repository: given, snapshotId };
+  const c = ctx.catalog;
+  const res = await callUnary(c, "getSnapshot", { snapshotId });
+  return { repository: res.snapshot!.repository, snapshotId: res.snapshot!.snapshotId };
+}
+
+export async function restore(ctx: Context, argv: string[]): Promise<void> {
+  const usage = "iotvault restore <snapshot> --to <dir> [--repo R] [--include GLOB]... [--overwrite] [--no-verify]";
+  const p = parse(
+    argv,
+    {
+      to: { type: "string" },
+      repo: { type: "string" },
+      include: { type: "string", multiple: true },
+      overwrite: { type: "boolean" },
+      "no-verify": { type: "boolean" },
+    },
+    usage,
+  );
+  const target = resolve(required(str(p, "to"), "--to", usage));
+  const { repository, snapshotId } = await repositoryOf(
+    ctx,
+    required(p.positionals[0], "snapshot", usage),
+    str(p, "repo"),
+  );
+  const bar = new ProgressBar();
+  let result: RestoreResult | undefined;
+  try {
+    const stream = callServerStream(ctx.restore, "restore", {
+      repository,
+      snapshotId,
+      targetDir: target,
+      include: list(p, "include"),
+      overwrite: flag(p, "overwrite"),
+      verify: !flag(p, "no-verify"),
+    });
+    for await (const msg of stream) {
+      if (msg.message?.$case === "progress") {
+        const pr = msg.message.value;
+        bar.update({
+          done: Number(pr.bytesDone),
+          total: Number(pr.bytesTotal),
+          label: "restore",
+          detail: `${Number(pr.filesDone)}/${Number(pr.filesTotal)} files`,
+        });
+      } else if (msg.message?.$case === "result") result = msg.message.value;
+    }
+  } finally {
+    bar.done();
+  }
+  if (!result) throw new IotvaultError("INTERNAL", "the restore service ended the call without a result");
+  const r = result;
+  ctx.print(RestoreResult.toJSON(r), () =>
+    [
+      `restored snapshot ${short(r.snapshotId)} to ${r.targetDir}`,
+      `${Number(r.files)} files, ${Number(r.dirs)} dirs, ${Number(r.symlinks)} symlinks, ${formatBytes(r.bytes)} in ${formatDuration(r.durationMs)}`,
+      r.verified ? "verified: every restored file matches its checksum" : "not verified (--no-verify)",
+      `trace ${r.traceId}`,
+    ].join("\n"),
+  );
+}
+
+export async function verify(ctx: Context, argv: string[]): Promise<void> {
+  const usage = "iotvault verify <snapshot> | --all --repo R [--read-data[=PCT]]";
+  const normalized = argv.map((a) => (a === "--read-data" ? "--read-data=100" : a));
+  const p = parse(
+    normalized,
+    { repo: { type: "string" }, all: { type: "boolean" }, "read-data": { type: "string" } },
+    usage,
+  );
+  const pct = str(p, "read-data");
+  const percent = pct === undefined ? 0 : Number(pct.replace(/%$/, ""));
+  if (pct !== undefined && !(percent > 0 && percent <= 100)) {
+    throw new IotvaultError("INVALID_ARGUMENT", `--read-data=${pct} is not a percentage in (0, 100]`);
+  }
+  let repository = str(p, "repo");
+  let snapshotId = "";
+  if (!flag(p, "all")) {
+    ({ repository, snapshotId } = await repositoryOf(
+      ctx,
+      required(p.positionals[0], "snapshot (or --all)", usage),
+      repository,
+    ));
+  }
+  if (!repository) throw new IotvaultError("INVALID_ARGUMENT", "--all needs --repo", { hint: `usage: ${usage}` });
+  const bar = new ProgressBar();
+  let result: VerifyResult | undefined;
+  try {
+    const stream = callServerStream(ctx.restore, "verify", {
+      repository,
+      snapshotId,
+      readData: pct !== undefined,
+      readDataPercent: percent,
+    });
+    for await (const msg of stream) {
+      if (msg.message?.$case === "progress") {
+        const pr = msg.message.value;
+        bar.update({
+          done: Number(pr.filesDone),
+          total: Number(pr.filesTotal),
+          label: `verify ${pr.current}`,
+          unit: "items",
+        });
+      } else if (msg.message?.$case === "result") result = msg.message.value;
+    }
+  } finally {
+    bar.done();
+  }
+  if (!result) throw new IotvaultError("INTERNAL", "the restore service ended the call without a result");
+  const r = result;
+  ctx.print(VerifyResult.toJSON(r), () => {
+    const head = `${r.ok ? "OK" : "PROBLEMS FOUND"}: ${Number(r.snapshotsChecked)} snapshots, ${Number(r.packsChecked)} packs, ${Number(r.chunksChecked)} chunks checked, ${formatBytes(r.bytesRead)} read${r.readData ? ` (read-data ${r.readDataPercent}%)` : " (metadata only)"}`;
+    const problems = r.problems.map(
+      (x) =>
+        `  ${x.kind} ${x.object}: ${x.message}${x.paths.length ? `\n    affects: ${x.paths.slice(0, 10).join(", ")}${x.paths.length > 10 ? ", …" : ""}` : ""}`,
+    );
+    return [head, ...problems].join("\n");
+  });
+  if (!r.ok) process.exitCode = 1;
+}
+
+// ---------------------------------------------------------------------------------------------- trace, sample
+
+export async function traceCmd(ctx: Context, argv: string[]): Promise<void> {
+  const usage = "iotvault trace <run-id | trace-id>";
+  const p = parse(argv, {}, usage);
+  const id = required(p.positionals[0], "run id or trace id", usage);
+  let traceId = id;
+  if (!/^[0-9a-f]{32}$/.test(id)) {
+    const c = ctx.catalog;
+    const res = await callUnary(c, "getRun", { runId: id });
+    traceId = res.run!.traceId;
+    if (!traceId) throw new IotvaultError("NOT_FOUND", `run ${id} has no trace id recorded`);
+  }
+  const spans = await readSpans(ctx.config.paths.traces, traceId);
+  if (spans.length === 0) {
+    throw new IotvaultError("NOT_FOUND", `no spans of trace ${traceId} under ${ctx.config.paths.traces}`, {
+      hint: "spans are kept locally when telemetry.keepSpans is on; with OTLP export, look the trace up in your tracing backend",
+    });
+  }
+  ctx.print(
+    { traceId, spans },
+    () =>
+      `trace ${traceId} (${spans.length} spans, ${new Set(spans.map((s) => s.service)).size} services)\n` +
+      renderTraceTree(spans, { color: process.stdout.isTTY === true }),
+  );
+}
+
+export async function sample(ctx: Context, argv: string[]): Promise<void> {
+  const usage = "iotvault sample <dir> [--size-mib N] [--seed N]";
+  const p = parse(argv, { "size-mib": { type: "string" }, seed: { type: "string" } }, usage);
+  const dir = resolve(p.positionals[0] ?? (await mkdtemp("/tmp/iotvault-sample-")));
+  const sizeMiB = Number(str(p, "size-mib") ?? "32");
+  if (!(sizeMiB > 0)) throw new IotvaultError("INVALID_ARGUMENT", "--size-mib must be a positive number");
+  const summary = await makeGatewayTree(dir, {
+    sizeBytes: Math.round(sizeMiB * 1048576),
+    seed: Number(str(p, "seed") ?? "1"),
+  });
+  ctx.print(
+    { dir, ...summary },
+    () =>
+      `sample IoT gateway tree in ${dir}: ${summary.files} files, ${summary.dirs} dirs, ${summary.symlinks} symlinks, ${formatBytes(summary.bytes)}`,
+  );
+}

@@ -1,0 +1,214 @@
+/**
+ * `iotvault stack up | down | status`: the five services on this host, plus a NATS server and a
+ * private PostgreSQL cluster when none is reachable at the configured URLs. Everything it starts
+ * is recorded under <IOTVAULT_HOME>/run (pid files) with logs under <IOTVAULT_HOME>/logs, and
+ * `stack down` stops exactly that, nothing else.
+ */
+import { mkdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { SERVICE_NAMES, type IotvaultConfig, type ServiceName } from "@iotvault/config";
+import { IotvaultError } from "@iotvault/errors";
+import {
+  fileExists,
+  isAlive,
+  isLoopback,
+  isPortOpen,
+  readPidFile,
+  removeFile,
+  startDetached,
+  startNatsServer,
+  startPrivatePostgres,
+  stopPid,
+  stopPrivatePostgres,
+} from "@iotvault/host";
+import { checkHealth } from "@iotvault/rpc";
+
+/** Start order: storage first, then the catalog that records events, then the producers. */
+const START_ORDER: readonly ServiceName[] = ["storage-gateway", "catalog", "scheduler", "executor", "restore"];
+
+export interface ComponentStatus {
+  name: string;
+  kind: "service" | "nats" | "postgres";
+  address: string;
+  state: "running" | "stopped" | "unhealthy" | "external";
+  pid: number | undefined;
+  managed: boolean;
+}
+
+function hostPort(url: string, defaultPort: number): { host: string; port: number } {
+  const u = new URL(url.includes("://") ? url : `nats://${url}`);
+  return { host: u.hostname.replace(/^\[|\]$/g, ""), port: u.port ? Number(u.port) : defaultPort };
+}
+
+function serviceEntry(name: ServiceName): string {
+  return fileURLToPath(new URL(`../../services/${name}/dist/main.js`, import.meta.url));
+}
+
+function pidFile(config: IotvaultConfig, name: string): string {
+  return join(config.paths.run, `${name}.pid`);
+}
+
+export async function stackUp(
+  config: IotvaultConfig,
+  env: NodeJS.ProcessEnv,
+  log: (line: string) => void,
+): Promise<ComponentStatus[]> {
+  for (const dir of [config.home, config.paths.run, config.paths.logs, config.paths.traces]) {
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+  }
+  await ensureNats(config, log);
+  await ensurePostgres(config, log);
+  for (const name of START_ORDER) {
+    const address = config.addressOf(name);
+    if ((await checkHealth(address, { deadlineMs: 1500 })) === "SERVING") continue;
+    const pid = readPidFile(pidFile(config, name));
+    if (pid && isAlive(pid)) await stopPid(pid, 5000); // alive but not answering: restart it
+    const entry = serviceEntry(name);
+    if (!fileExists(entry)) {
+      throw new IotvaultError("FAILED_PRECONDITION", `the ${name} service is not built (${entry} is missing)`, {
+        hint: "run `npm run bootstrap` in the iotvault checkout",
+      });
+    }
+    log(`starting ${name} on ${address}`);
+    startDetached({
+      command: process.execPath,
+      args: ["--enable-source-maps", entry],
+      env: { ...env, IOTVAULT_HOME: config.home },
+      logFile: join(config.paths.logs, `${name}.log`),
+      pidFile: pidFile(config, name),
+    });
+  }
+  await waitHealthy(config, 60_000);
+  return stackStatus(config);
+}
+
+async function ensureNats(config: IotvaultConfig, log: (line: string) => void): Promise<void> {
+  const { host, port } = hostPort(config.nats.url, 4222);
+  if (await isPortOpen(host, port)) return;
+  if (!isLoopback(host)) {
+    throw new IotvaultError("UNAVAILABLE", `cannot reach NATS at ${config.nats.url}`, {
+      hint: "start it, or point IOTVAULT_NATS_URL at a reachable server (a local one is started only for loopback URLs)",
+    });
+  }
+  log(`starting nats-server (JetStream) on ${host}:${port}`);
+  await startNatsServer({
+    host,
+    port,
+    storeDir: join(config.home, "nats"),
+    logFile: join(config.paths.logs, "nats.log"),
+    pidFile: pidFile(config, "nats"),
+  });
+}
+
+async function ensurePostgres(config: IotvaultConfig, log: (line: string) => void): Promise<void> {
+  const { host, port } = hostPort(config.database.url, 5432);
+  if (await isPortOpen(host, port)) return;
+  if (!isLoopback(host)) {
+    throw new IotvaultError("UNAVAILABLE", `cannot reach PostgreSQL at ${host}:${port}`, {
+      hint: "start it, or set IOTVAULT_DATABASE_URL (a local cluster is started only for loopback URLs)",
+    });
+  }
+  log(`starting a private PostgreSQL cluster on ${host}:${port} (${join(config.home, "postgres")})`);
+  await startPrivatePostgres({
+    host,
+    port,
+    dir: join(config.home, "postgres"),
+    logFile: join(config.paths.logs, "postgres.log"),
+  });
+  // Marker: this cluster belongs to the stack and `stack down` stops it (the postmaster's own
+  // pid file stays authoritative for its state).
+  const pid = readPidFile(join(config.home, "postgres", "data", "postmaster.pid"));
+  writeFileSync(pidFile(config, "postgres"), `${pid ?? ""}\n`, { mode: 0o600 });
+}
+
+async function waitHealthy(config: IotvaultConfig, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  let pending: ServiceName[] = [...SERVICE_NAMES];
+  while (Date.now() < deadline) {
+    const states = await Promise.all(pending.map((s) => checkHealth(config.addressOf(s), { deadlineMs: 1000 })));
+    pending = pending.filter((_, i) => states[i] !== "SERVING");
+    if (pending.length === 0) return;
+    for (const s of pending) {
+      const pid = readPidFile(pidFile(config, s));
+      if (pid && !isAlive(pid)) {
+        throw new IotvaultError("UNAVAILABLE", `the ${s} service exited during start-up`, {
+          hint: `read ${join(config.paths.logs, `${s}.log`)}`,
+        });
+      }
+    }
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  throw new IotvaultError(
+    "DEADLINE_EXCEEDED",
+    `services not healthy after ${timeoutMs / 1000} s: ${pending.join(", ")}`,
+    {
+      hint: `read the logs in ${config.paths.logs}`,
+    },
+  );
+}
+
+export async function stackDown(config: IotvaultConfig, log: (line: string) => void): Promise<string[]> {
+  const stopped: string[] = [];
+  for (const name of [...START_ORDER].reverse()) {
+    const file = pidFile(config, name);
+    const pid = readPidFile(file);
+    if (pid && (await stopPid(pid, 15_000))) {
+      log(`stopped ${name} (pid ${pid})`);
+      stopped.push(name);
+    }
+    removeFile(file);
+  }
+  const natsPid = readPidFile(pidFile(config, "nats"));
+  if (natsPid && (await stopPid(natsPid, 10_000))) {
+    log(`stopped nats-server (pid ${natsPid})`);
+    stopped.push("nats");
+  }
+  removeFile(pidFile(config, "nats"));
+  if (fileExists(pidFile(config, "postgres"))) {
+    if (stopPrivatePostgres(join(config.home, "postgres"))) {
+      log("stopped the private PostgreSQL cluster");
+      stopped.push("postgres");
+    }
+    removeFile(pidFile(config, "postgres"));
+  }
+  return stopped;
+}
+
+export async function stackStatus(config: IotvaultConfig): Promise<ComponentStatus[]> {
+  const out: ComponentStatus[] = [];
+  for (const name of START_ORDER) {
+    const address = config.addressOf(name);
+    const pid = readPidFile(pidFile(config, name));
+    const health = await checkHealth(address, { deadlineMs: 1500 });
+    const managed = pid !== undefined && isAlive(pid);
+    out.push({
+      name,
+      kind: "service",
+      address,
+      state: health === "SERVING" ? "running" : health === "UNREACHABLE" ? "stopped" : "unhealthy",
+      pid: managed ? pid : undefined,
+      managed,
+    });
+  }
+  for (const [name, kind, url, port] of [
+    ["nats", "nats", config.nats.url, 4222],
+    ["postgres", "postgres", config.database.url, 5432],
+  ] as const) {
+    const hp = hostPort(url, port);
+    const pid = readPidFile(pidFile(config, name));
+    const managed =
+      pid !== undefined &&
+      (kind === "postgres" ? fileExists(join(config.home, "postgres", "data", "postmaster.pid")) : isAlive(pid));
+    const open = await isPortOpen(hp.host, hp.port);
+    out.push({
+      name,
+      kind,
+      address: `${hp.host}:${hp.port}`,
+      state: open ? (managed ? "running" : "external") : "stopped",
+      pid: managed ? pid : undefined,
+      managed,
+    });
+  }
+  return out;
+}

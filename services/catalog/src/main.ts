@@ -1,0 +1,74 @@
+/**
+ * The catalog service: keeps jobs, runs, snapshots, restores and verifications in PostgreSQL
+ * from the events on IOTVAULT_EVENTS (durable consumer "catalog", idempotent per event id),
+ * and answers queries over gRPC.
+ */
+import { Bus } from "@iotvault/bus";
+import { loadConfig } from "@iotvault/config";
+import { CatalogServiceService, STREAMS } from "@iotvault/proto";
+import { startGrpcServer } from "@iotvault/rpc";
+import { createLogger, startTelemetry } from "@iotvault/telemetry";
+import { catalogService } from "./service.js";
+import { CatalogStore } from "./store.js";
+
+const config = loadConfig(process.env);
+const logger = createLogger({ service: "catalog", level: config.log.level });
+const telemetry = startTelemetry({
+  serviceName: "catalog",
+  spansDir: config.telemetry.keepSpans ? config.paths.traces : undefined,
+  otlpEndpoint: config.telemetry.otlpEndpoint,
+});
+const store = await CatalogStore.open(config.database.url);
+const bus = await Bus.connect({
+  url: config.nats.url,
+  name: "iotvault-catalog",
+  credsFile: config.nats.credsFile,
+  logger,
+});
+await bus.ensureStreams({
+  duplicateWindowMs: config.bus.duplicateWindowMs,
+  eventsMaxAgeDays: config.bus.eventsMaxAgeDays,
+});
+
+const consumer = await bus.consume({
+  stream: STREAMS.events.name,
+  durable: "catalog",
+  filterSubject: "iotvault.events.>",
+  accept: "any-event",
+  ackWaitMs: config.bus.ackWaitMs,
+  maxDeliver: config.bus.maxDeliver,
+  spanName: (subject) => `catalog.apply ${subject.replace(/^iotvault\.events\./, "")}`,
+  logger,
+  handler: async (msg) => {
+    await store.applyEvent(msg.type, msg.payload, {
+      eventId: msg.msgId ?? `seq:${msg.streamSequence}`,
+      subject: msg.subject,
+      streamSequence: msg.streamSequence,
+    });
+  },
+});
+
+const server = await startGrpcServer({
+  listen: config.services.catalog.listen,
+  serviceName: "catalog",
+  logger,
+  services: [
+    { name: "iotvault.v1.CatalogService", definition: CatalogServiceService, implementation: catalogService(store) },
+  ],
+});
+logger.info("catalog ready", { grpc: server.address });
+
+let stopping = false;
+async function shutdown(signal: string): Promise<void> {
+  if (stopping) return;
+  stopping = true;
+  logger.info("shutting down", { signal });
+  await consumer.stop();
+  await server.shutdown(5000);
+  await bus.close();
+  await store.close();
+  await telemetry.shutdown();
+  process.exit(0);
+}
+process.once("SIGTERM", () => void shutdown("SIGTERM"));
+process.once("SIGINT", () => void shutdown("SIGINT"));

@@ -1,0 +1,264 @@
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import pg from "pg";
+import { isCode } from "@iotvault/errors";
+import { BackupType, RunStatus, TriggerKind } from "@iotvault/proto";
+import { createTestDatabase, type TestDatabase } from "@iotvault/testing";
+import { MIGRATIONS } from "./migrations.js";
+import { CatalogStore } from "./store.js";
+
+const stats = {
+  filesNew: 3n,
+  filesChanged: 1n,
+  filesUnchanged: 6n,
+  dirs: 2n,
+  symlinks: 1n,
+  totalBytes: 1000n,
+  bytesRead: 400n,
+  bytesNew: 300n,
+  bytesStored: 120n,
+  chunksTotal: 10n,
+  chunksNew: 3n,
+  packsWritten: 1n,
+  durationMs: 42n,
+};
+
+const started = (runId: string, attempt = 1) => ({
+  runId,
+  jobId: "job-1",
+  jobName: "gateway",
+  repository: "main",
+  source: "fs:/srv/gw",
+  backupType: BackupType.BACKUP_TYPE_INCREMENTAL,
+  trigger: TriggerKind.TRIGGER_KIND_MANUAL,
+  site: "default",
+  executor: "host:1",
+  attempt,
+  parentSnapshotId: "",
+  scheduledAt: new Date("2026-01-01T00:00:00Z"),
+  startedAt: new Date("2026-01-01T00:00:01Z"),
+  traceId: "0af7651916cd43dd8448eb211c80319c",
+});
+
+const completed = (runId: string, snapshotId: string) => ({
+  runId,
+  jobId: "job-1",
+  jobName: "gateway",
+  repository: "main",
+  snapshotId,
+  parentSnapshotId: "",
+  backupType: BackupType.BACKUP_TYPE_INCREMENTAL,
+  source: "fs:/srv/gw",
+  site: "default",
+  executor: "host:1",
+  stats,
+  startedAt: new Date("2026-01-01T00:00:01Z"),
+  finishedAt: new Date("2026-01-01T00:00:05Z"),
+  traceId: "0af7651916cd43dd8448eb211c80319c",
+  snapshotTime: new Date("2026-01-01T00:00:01Z"),
+  hostname: "gw-01",
+});
+
+describe("catalog store (real PostgreSQL)", () => {
+  let db: TestDatabase;
+  let store: CatalogStore;
+  let seq = 0;
+  const meta = (eventId: string, subject = "iotvault.events.test") => ({ eventId, subject, streamSequence: ++seq });
+
+  before(async () => {
+    db = await createTestDatabase({ prefix: "catalog" });
+    store = await CatalogStore.open(db.url);
+  });
+  after(async () => {
+    await store?.close();
+    await db?.drop();
+  });
+
+  it("applies every migration once and records it", async () => {
+    const second = await CatalogStore.open(db.url); // a second start (or replica) changes nothing
+    await second.close();
+    const client = new pg.Client(db.url);
+    await client.connect();
+    try {
+      const { rows } = await client.query<{ version: number }>(
+        "SELECT version FROM schema_migrations ORDER BY version",
+      );
+      assert.deepEqual(
+        rows.map((r) => r.version),
+        MIGRATIONS.map((m) => m.version),
+      );
+    } finally {
+      await client.end();
+    }
+  });
+
+  it("creates the database when it does not exist", async () => {
+    const url = new URL(db.url);
+    url.pathname = `/${db.name}_created`;
+    const s = await CatalogStore.open(url.toString());
+    await s.close();
+    const admin = new URL(db.url);
+    admin.pathname = "/postgres";
+    const client = new pg.Client(admin.toString());
+    await client.connect();
+    try {
+      const { rowCount } = await client.query("SELECT 1 FROM pg_database WHERE datname = $1", [`${db.name}_created`]);
+      assert.equal(rowCount, 1);
+      await client.query(`DROP DATABASE "${db.name}_created"`);
+    } finally {
+      await client.end();
+    }
+  });
+
+  it("follows a run from started through progress to completed, and records the snapshot", async () => {
+    assert.equal(await store.applyEvent("iotvault.v1.BackupStarted", started("run-a"), meta("run-a:started:1")), true);
+    let run = await store.getRun("run-a");
+    assert.equal(run.status, RunStatus.RUN_STATUS_RUNNING);
+    assert.equal(run.traceId, "0af7651916cd43dd8448eb211c80319c");
+
+    await store.applyEvent(
+      "iotvault.v1.BackupProgress",
+      {
+        runId: "run-a",
+        jobId: "job-1",
+        filesDone: 5n,
+        bytesDone: 500n,
+        filesTotal: 0n,
+        bytesTotal: 0n,
+        bytesNew: 0n,
+        currentPath: "x",
+      },
+      meta("run-a:progress:1"),
+    );
+    run = await store.getRun("run-a");
+    assert.equal(run.bytesDone, 500n);
+
+    await store.applyEvent(
+      "iotvault.v1.BackupCompleted",
+      completed("run-a", "ab12cd34ef56" + "0".repeat(52)),
+      meta("run-a:completed"),
+    );
+    run = await store.getRun("run-a");
+    assert.equal(run.status, RunStatus.RUN_STATUS_SUCCEEDED);
+    assert.equal(run.stats?.bytesStored, 120n);
+    const snap = await store.getSnapshot("ab12cd34");
+    assert.equal(snap.runId, "run-a");
+    assert.equal(snap.stats?.filesNew, 3n);
+    assert.equal((await store.listSnapshots({ job: "gateway" })).length, 1);
+  });
+
+  it("ignores a redelivered event (same event id) and keeps the row as it was", async () => {
+    await store.applyEvent("iotvault.v1.BackupStarted", started("run-b"), meta("run-b:started:1"));
+    await store.applyEvent(
+      "iotvault.v1.BackupCompleted",
+      completed("run-b", "cd" + "1".repeat(62)),
+      meta("run-b:completed"),
+    );
+    const before = await store.getRun("run-b");
+    // The same started event again (redelivery) must not turn a finished run back to running.
+    assert.equal(await store.applyEvent("iotvault.v1.BackupStarted", started("run-b"), meta("run-b:started:1")), false);
+    assert.equal(
+      await store.applyEvent(
+        "iotvault.v1.BackupCompleted",
+        completed("run-b", "cd" + "1".repeat(62)),
+        meta("run-b:completed"),
+      ),
+      false,
+    );
+    const after = await store.getRun("run-b");
+    assert.deepEqual(after, before);
+  });
+
+  it("a late started event of another attempt does not undo a terminal status", async () => {
+    await store.applyEvent("iotvault.v1.BackupStarted", started("run-c"), meta("run-c:started:1"));
+    await store.applyEvent(
+      "iotvault.v1.BackupCompleted",
+      completed("run-c", "ef" + "2".repeat(62)),
+      meta("run-c:completed"),
+    );
+    await store.applyEvent("iotvault.v1.BackupStarted", started("run-c", 2), meta("run-c:started:2"));
+    const run = await store.getRun("run-c");
+    assert.equal(run.status, RunStatus.RUN_STATUS_SUCCEEDED);
+    assert.equal(run.attempts, 2);
+  });
+
+  it("a failure that will be retried keeps the run running; a final one fails it", async () => {
+    const err = { code: "UNAVAILABLE", message: "gateway down", retryable: true, hint: "" };
+    await store.applyEvent("iotvault.v1.BackupStarted", started("run-d"), meta("run-d:started:1"));
+    await store.applyEvent(
+      "iotvault.v1.BackupFailed",
+      {
+        runId: "run-d",
+        jobId: "job-1",
+        jobName: "gateway",
+        error: err,
+        attempt: 1,
+        willRetry: true,
+        at: new Date(),
+        traceId: "",
+      },
+      meta("run-d:failed:1"),
+    );
+    assert.equal((await store.getRun("run-d")).status, RunStatus.RUN_STATUS_RUNNING);
+    await store.applyEvent(
+      "iotvault.v1.BackupFailed",
+      {
+        runId: "run-d",
+        jobId: "job-1",
+        jobName: "gateway",
+        error: { ...err, retryable: false },
+        attempt: 2,
+        willRetry: false,
+        at: new Date(),
+        traceId: "",
+      },
+      meta("run-d:failed:2"),
+    );
+    const run = await store.getRun("run-d");
+    assert.equal(run.status, RunStatus.RUN_STATUS_FAILED);
+    assert.equal(run.error?.message, "gateway down");
+    assert.equal(run.attempts, 2);
+    const failed = await store.listRuns({ status: RunStatus.RUN_STATUS_FAILED });
+    assert.deepEqual(
+      failed.map((r) => r.runId),
+      ["run-d"],
+    );
+  });
+
+  it("reports unknown runs and ambiguous or malformed snapshot ids clearly", async () => {
+    await assert.rejects(store.getRun("nope"), (e: unknown) => isCode(e, "NOT_FOUND"));
+    await assert.rejects(store.getSnapshot("zz"), (e: unknown) => isCode(e, "INVALID_ARGUMENT"));
+    await store.applyEvent(
+      "iotvault.v1.BackupCompleted",
+      completed("run-e", "ab12cd34ff" + "3".repeat(54)),
+      meta("run-e:completed"),
+    );
+    await assert.rejects(
+      store.getSnapshot("ab12cd"),
+      (e: unknown) => isCode(e, "INVALID_ARGUMENT") && /ambiguous/.test(e.message),
+    );
+  });
+
+  it("keeps job definitions from job events and ignores types it does not store", async () => {
+    const job = {
+      id: "job-9",
+      name: "plc",
+      source: "fs:/srv/plc",
+      repository: "main",
+      schedule: "",
+      timeZone: "UTC",
+      backupType: 2,
+      site: "default",
+      include: [],
+      exclude: [],
+      labels: {},
+      paused: false,
+      createdAt: new Date(),
+      updatedAt: new Date(),
+    };
+    assert.equal(await store.applyEvent("iotvault.v1.JobCreated", { job }, meta("job:job-9:created")), true);
+    assert.equal(await store.applyEvent("iotvault.v1.WalArchived", {}, meta("wal-1")), false);
+    const { rows } = await store.pool.query<{ name: string }>("SELECT name FROM jobs WHERE job_id = 'job-9'");
+    assert.equal(rows[0]?.name, "plc");
+  });
+});

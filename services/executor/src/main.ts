@@ -1,0 +1,85 @@
+/**
+ * The executor service: pulls backup work items of its site from IOTVAULT_WORK, runs them
+ * (source -> repository pipeline -> storage-gateway), acks each only after its snapshot is
+ * committed. Serves gRPC health checks. SIGTERM/SIGINT: stop taking work, let the run in
+ * progress be redelivered elsewhere (it resumes from its indexed packs), exit.
+ */
+import { Bus } from "@iotvault/bus";
+import { loadConfig, readRepositoryPassword } from "@iotvault/config";
+import { BackupRequested, STREAMS, SUBJECTS, StorageGatewayServiceClient } from "@iotvault/proto";
+import { GatewayObjectStore, createClient, startGrpcServer } from "@iotvault/rpc";
+import { createLogger, startTelemetry } from "@iotvault/telemetry";
+import { runBackup } from "./backup-run.js";
+
+const config = loadConfig(process.env);
+const logger = createLogger({ service: "executor", level: config.log.level });
+const telemetry = startTelemetry({
+  serviceName: "executor",
+  spansDir: config.telemetry.keepSpans ? config.paths.traces : undefined,
+  otlpEndpoint: config.telemetry.otlpEndpoint,
+});
+
+const bus = await Bus.connect({
+  url: config.nats.url,
+  name: `iotvault-executor-${config.site}`,
+  credsFile: config.nats.credsFile,
+  logger,
+});
+await bus.ensureStreams({
+  duplicateWindowMs: config.bus.duplicateWindowMs,
+  eventsMaxAgeDays: config.bus.eventsMaxAgeDays,
+});
+const gatewayAddress = config.addressOf("storage-gateway");
+const gateway = createClient(StorageGatewayServiceClient, gatewayAddress);
+
+const consumer = await bus.consume({
+  stream: STREAMS.work.name,
+  durable: `executor-${config.site}`,
+  filterSubject: SUBJECTS.workBackup(config.site),
+  accept: [BackupRequested],
+  ackWaitMs: config.bus.ackWaitMs,
+  maxDeliver: config.bus.maxDeliver,
+  spanName: () => "executor.run",
+  logger,
+  handler: (msg) =>
+    runBackup(
+      {
+        bus,
+        storeFor: (repository) => new GatewayObjectStore(gateway, repository, { address: gatewayAddress }),
+        password: () => readRepositoryPassword(process.env, config.repository.passwordFile).password,
+        repositoryOptions: {
+          scryptLogN: config.repository.scryptLogN,
+          packSizeBytes: config.repository.packSizeMiB << 20,
+          compressionLevel: config.repository.compressionLevel,
+          workers: config.repository.workers,
+        },
+        maxDeliver: config.bus.maxDeliver,
+        progressIntervalMs: config.bus.progressIntervalMs,
+        logger,
+      },
+      msg,
+    ),
+});
+
+const server = await startGrpcServer({
+  listen: config.services.executor.listen,
+  services: [],
+  serviceName: "executor",
+  logger,
+});
+logger.info("executor ready", { site: config.site, grpc: server.address, nats: config.nats.url });
+
+let stopping = false;
+async function shutdown(signal: string): Promise<void> {
+  if (stopping) return;
+  stopping = true;
+  logger.info("shutting down", { signal });
+  await consumer.stop();
+  await server.shutdown(5000);
+  gateway.close();
+  await bus.close();
+  await telemetry.shutdown();
+  process.exit(0);
+}
+process.once("SIGTERM", () => void shutdown("SIGTERM"));
+process.once("SIGINT", () => void shutdown("SIGINT"));

@@ -1,0 +1,288 @@
+/**
+ * Restore and Verify, as the gRPC service runs them: open the repository through the gateway,
+ * do the work with progress, and publish the lifecycle / verdict events.
+ */
+import { randomBytes } from "node:crypto";
+import { isAbsolute } from "node:path";
+import { trace } from "@opentelemetry/api";
+import type { Bus } from "@iotvault/bus";
+import { IotvaultError, toErrorInfo, toIotvaultError } from "@iotvault/errors";
+import {
+  RestoreCompleted,
+  RestoreFailed,
+  RestoreStarted,
+  SUBJECTS,
+  VerifyCompleted,
+  VerifyFailed,
+  type OperationProgress,
+  type RestoreRequest,
+  type RestoreResult,
+  type VerifyRequest,
+  type VerifyResult,
+} from "@iotvault/proto";
+import { Repository } from "@iotvault/repo";
+import { restoreToDirectory } from "@iotvault/sources";
+import type { ObjectStore } from "@iotvault/storage";
+import type { Logger } from "@iotvault/telemetry";
+
+export interface OperationDeps {
+  bus: Bus;
+  storeFor(repository: string): ObjectStore;
+  password(): Buffer;
+  repositoryOptions: { scryptLogN: number; workers: number };
+  logger: Logger;
+}
+
+export type Update<R> = { progress: OperationProgress } | { result: R };
+
+const stamp = () =>
+  new Date()
+    .toISOString()
+    .replace(/[-:]/g, "")
+    .replace(/\.\d+Z$/, "Z");
+const newId = (prefix: string) => `${prefix}-${stamp()}-${randomBytes(4).toString("hex")}`;
+const traceId = () => trace.getActiveSpan()?.spanContext().traceId ?? "";
+
+/** Progress values are pushed into a queue that the RPC's async generator drains. */
+class Channel<T> {
+  private items: T[] = [];
+  private wake: (() => void) | undefined;
+  private closed = false;
+  private failure: Error | undefined;
+
+  push(item: T): void {
+    this.items.push(item);
+    this.wake?.();
+  }
+
+  /** Keeps only the newest pending progress (a slow client gets fewer, fresher updates). */
+  replaceLast(item: T, isProgress: (t: T) => boolean): void {
+    const last = this.items.at(-1);
+    if (last !== undefined && isProgress(last)) this.items[this.items.length - 1] = item;
+    else this.push(item);
+    this.wake?.();
+  }
+
+  close(err?: unknown): void {
+    this.closed = true;
+    if (err !== undefined) this.failure = toIotvaultError(err);
+    this.wake?.();
+  }
+
+  async *drain(): AsyncGenerator<T> {
+    for (;;) {
+      while (this.items.length) yield this.items.shift()!;
+      if (this.closed) {
+        if (this.failure !== undefined) throw this.failure;
+        return;
+      }
+      await new Promise<void>((r) => (this.wake = r));
+      this.wake = undefined;
+    }
+  }
+}
+
+function run<R>(work: (emit: (p: OperationProgress) => void) => Promise<R>): AsyncGenerator<Update<R>> {
+  const ch = new Channel<Update<R>>();
+  const isProgress = (u: Update<R>) => "progress" in u;
+  let last = 0;
+  work((p) => {
+    const now = Date.now();
+    if (now - last < 200) return;
+    last = now;
+    ch.replaceLast({ progress: p }, isProgress);
+  }).then(
+    (result) => {
+      ch.push({ result });
+      ch.close();
+    },
+    (err: unknown) => ch.close(err),
+  );
+  return ch.drain();
+}
+
+export function restoreOperation(
+  deps: OperationDeps,
+  req: RestoreRequest,
+  signal: AbortSignal,
+): AsyncGenerator<Update<RestoreResult>> {
+  if (!req.targetDir || !isAbsolute(req.targetDir)) {
+    throw new IotvaultError("INVALID_ARGUMENT", `restore target "${req.targetDir}" must be an absolute directory path`);
+  }
+  const restoreId = newId("rs");
+  return run(async (emit) => {
+    const started = new Date();
+    const log = deps.logger.child({ restore_id: restoreId, snapshot: req.snapshotId });
+    let snapshotId = req.snapshotId;
+    try {
+      const repo = await Repository.open(deps.storeFor(req.repository), deps.password(), deps.repositoryOptions);
+      try {
+        const snapshot = await repo.loadSnapshot(req.snapshotId);
+        snapshotId = snapshot.id;
+        await deps.bus.publish(
+          SUBJECTS.restoreStarted,
+          RestoreStarted,
+          {
+            restoreId,
+            repository: req.repository,
+            snapshotId,
+            target: req.targetDir,
+            include: req.include,
+            startedAt: started,
+            traceId: traceId(),
+          },
+          { msgId: `${restoreId}:started` },
+        );
+        const totals = snapshot.stats;
+        const r = await restoreToDirectory(repo, snapshot, {
+          target: req.targetDir,
+          include: req.include,
+          overwrite: req.overwrite,
+          verify: req.verify,
+          signal,
+          onProgress: (p) =>
+            emit({
+              filesDone: BigInt(p.filesDone),
+              bytesDone: BigInt(p.bytesDone),
+              filesTotal: BigInt(totals.filesNew + totals.filesChanged + totals.filesUnchanged),
+              bytesTotal: BigInt(totals.totalBytes),
+              current: p.currentPath,
+            }),
+        });
+        const finished = new Date();
+        const result: RestoreResult = {
+          restoreId,
+          snapshotId,
+          targetDir: req.targetDir,
+          files: BigInt(r.files),
+          dirs: BigInt(r.dirs),
+          symlinks: BigInt(r.symlinks),
+          bytes: BigInt(r.bytes),
+          verified: r.verified,
+          durationMs: BigInt(finished.getTime() - started.getTime()),
+          traceId: traceId(),
+        };
+        await deps.bus.publish(
+          SUBJECTS.restoreCompleted,
+          RestoreCompleted,
+          {
+            restoreId,
+            repository: req.repository,
+            snapshotId,
+            target: req.targetDir,
+            files: result.files,
+            dirs: result.dirs,
+            symlinks: result.symlinks,
+            bytes: result.bytes,
+            verified: r.verified,
+            startedAt: started,
+            finishedAt: finished,
+            traceId: traceId(),
+          },
+          { msgId: `${restoreId}:completed` },
+        );
+        log.info("restore completed", { files: r.files, bytes: r.bytes, verified: r.verified });
+        return result;
+      } finally {
+        await repo.close();
+      }
+    } catch (err) {
+      const e = toIotvaultError(err, "restore failed");
+      log.warn("restore failed", { code: e.code, error: e.message });
+      await deps.bus
+        .publish(
+          SUBJECTS.restoreFailed,
+          RestoreFailed,
+          {
+            restoreId,
+            repository: req.repository,
+            snapshotId,
+            target: req.targetDir,
+            error: toErrorInfo(e),
+            at: new Date(),
+            traceId: traceId(),
+          },
+          { msgId: `${restoreId}:failed` },
+        )
+        .catch(() => undefined);
+      throw e;
+    }
+  });
+}
+
+export function verifyOperation(
+  deps: OperationDeps,
+  req: VerifyRequest,
+  signal: AbortSignal,
+): AsyncGenerator<Update<VerifyResult>> {
+  const verifyId = newId("vf");
+  const percent = req.readData ? (req.readDataPercent > 0 ? Math.min(100, req.readDataPercent) : 100) : 0;
+  return run(async (emit) => {
+    const started = new Date();
+    let snapshotId = req.snapshotId;
+    try {
+      const repo = await Repository.open(deps.storeFor(req.repository), deps.password(), deps.repositoryOptions);
+      try {
+        if (snapshotId) snapshotId = (await repo.loadSnapshot(snapshotId)).id;
+        const report = await repo.verify({
+          readData: req.readData,
+          readDataPercent: percent || undefined,
+          snapshotId: snapshotId || undefined,
+          signal,
+          onProgress: (p) =>
+            emit({
+              filesDone: BigInt(p.done),
+              bytesDone: 0n,
+              filesTotal: BigInt(p.total),
+              bytesTotal: 0n,
+              current: p.phase,
+            }),
+        });
+        const finished = new Date();
+        const result: VerifyResult = {
+          verifyId,
+          repository: req.repository,
+          snapshotId,
+          ok: report.ok,
+          readData: req.readData,
+          readDataPercent: percent,
+          snapshotsChecked: BigInt(report.snapshotsChecked),
+          packsChecked: BigInt(report.packsChecked),
+          chunksChecked: BigInt(report.chunksChecked),
+          bytesRead: BigInt(report.bytesRead),
+          problems: report.problems.map((p) => ({
+            kind: p.kind,
+            object: p.object,
+            message: p.message,
+            paths: p.paths ?? [],
+          })),
+          startedAt: started,
+          finishedAt: finished,
+          traceId: traceId(),
+        };
+        await deps.bus.publish(SUBJECTS.verifyCompleted, VerifyCompleted, result, { msgId: `${verifyId}:completed` });
+        return result;
+      } finally {
+        await repo.close();
+      }
+    } catch (err) {
+      const e = toIotvaultError(err, "verify failed");
+      await deps.bus
+        .publish(
+          SUBJECTS.verifyFailed,
+          VerifyFailed,
+          {
+            verifyId,
+            repository: req.repository,
+            snapshotId,
+            error: toErrorInfo(e),
+            at: new Date(),
+            traceId: traceId(),
+          },
+          { msgId: `${verifyId}:failed` },
+        )
+        .catch(() => undefined);
+      throw e;
+    }
+  });
+}

@@ -1,0 +1,85 @@
+/**
+ * The cron loop: for each job with a schedule, the next fire time is computed with croner in
+ * the job's time zone; when it passes, the run is published with that exact time as its
+ * scheduled time (so replicas agree on the run id and the duplicate is dropped). Runs missed
+ * while no scheduler was up are not made up for: after a restart the next fire time is the
+ * first one after now (catch-up policy "skip"; see the service README).
+ */
+import { Cron } from "croner";
+import type { Job } from "@iotvault/proto";
+
+export interface CronLoopOptions {
+  /** Called for each due run; errors are reported to onError and the run is retried next tick. */
+  fire(job: Job, scheduledAt: Date): Promise<void>;
+  onError(job: Job, err: unknown): void;
+  tickMs?: number;
+  now?: () => Date;
+}
+
+interface Entry {
+  job: Job;
+  cron: Cron;
+  next: Date | null;
+}
+
+export class CronLoop {
+  private readonly entries = new Map<string, Entry>();
+  private timer: NodeJS.Timeout | undefined;
+  private ticking = false;
+  private readonly now: () => Date;
+
+  constructor(private readonly options: CronLoopOptions) {
+    this.now = options.now ?? (() => new Date());
+  }
+
+  /** Adds, replaces (job changed) or removes (job undefined) a job. */
+  set(id: string, job: Job | undefined): void {
+    const old = this.entries.get(id);
+    if (!job || !job.schedule || job.paused) {
+      this.entries.delete(id);
+      return;
+    }
+    if (old && old.job.schedule === job.schedule && old.job.timeZone === job.timeZone) {
+      old.job = job;
+      return;
+    }
+    const cron = new Cron(job.schedule, { timezone: job.timeZone || "UTC", paused: true });
+    this.entries.set(id, { job, cron, next: cron.nextRun(this.now()) });
+  }
+
+  nextRuns(): { jobId: string; next: Date | null }[] {
+    return [...this.entries].map(([jobId, e]) => ({ jobId, next: e.next }));
+  }
+
+  start(): void {
+    this.timer = setInterval(() => void this.tick(), this.options.tickMs ?? 1000);
+    this.timer.unref();
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+  }
+
+  /** Fires every due run once; exported for tests. */
+  async tick(): Promise<void> {
+    if (this.ticking) return;
+    this.ticking = true;
+    try {
+      const now = this.now();
+      for (const entry of this.entries.values()) {
+        while (entry.next && entry.next.getTime() <= now.getTime()) {
+          try {
+            await this.options.fire(entry.job, entry.next);
+          } catch (err) {
+            this.options.onError(entry.job, err);
+            break; // retry this scheduled time on the next tick
+          }
+          entry.next = entry.cron.nextRun(entry.next);
+        }
+      }
+    } finally {
+      this.ticking = false;
+    }
+  }
+}

@@ -1,0 +1,95 @@
+/**
+ * The scheduler service: owns job definitions (NATS KV bucket iotvault_jobs), serves the
+ * SchedulerService over gRPC, and publishes a BackupRequested work item when a job's cron
+ * schedule fires or TriggerBackup is called. Several replicas may run: each fires every due
+ * run, and the JetStream duplicate window keeps exactly one (same message id per run).
+ */
+import { SpanKind, trace } from "@opentelemetry/api";
+import { Bus } from "@iotvault/bus";
+import { loadConfig } from "@iotvault/config";
+import { SchedulerServiceService, TriggerKind } from "@iotvault/proto";
+import { startGrpcServer } from "@iotvault/rpc";
+import { createLogger, startTelemetry } from "@iotvault/telemetry";
+import { CronLoop } from "./cron.js";
+import { JobStore } from "./jobs.js";
+import { schedulerService } from "./service.js";
+import { publishRun } from "./trigger.js";
+
+const config = loadConfig(process.env);
+const logger = createLogger({ service: "scheduler", level: config.log.level });
+const telemetry = startTelemetry({
+  serviceName: "scheduler",
+  spansDir: config.telemetry.keepSpans ? config.paths.traces : undefined,
+  otlpEndpoint: config.telemetry.otlpEndpoint,
+});
+const bus = await Bus.connect({
+  url: config.nats.url,
+  name: "iotvault-scheduler",
+  credsFile: config.nats.credsFile,
+  logger,
+});
+await bus.ensureStreams({
+  duplicateWindowMs: config.bus.duplicateWindowMs,
+  eventsMaxAgeDays: config.bus.eventsMaxAgeDays,
+});
+const jobs = await JobStore.open(bus.nc);
+
+const tracer = trace.getTracer("iotvault.scheduler");
+const cron = new CronLoop({
+  fire: (job, scheduledAt) =>
+    tracer.startActiveSpan("scheduler.cron-fire", { kind: SpanKind.INTERNAL, root: true }, async (span) => {
+      try {
+        const r = await publishRun(bus, job, {
+          scheduledAt,
+          trigger: TriggerKind.TRIGGER_KIND_SCHEDULE,
+          requestedBy: "scheduler",
+        });
+        logger.info("scheduled run published", {
+          job: job.name,
+          run_id: r.runId,
+          scheduled_at: scheduledAt.toISOString(),
+          duplicate: r.duplicate,
+        });
+      } finally {
+        span.end();
+      }
+    }),
+  onError: (job, err) =>
+    logger.warn("could not publish a scheduled run; retrying", { job: job.name, error: String(err) }),
+});
+const watching = new AbortController();
+jobs
+  .watch((id, job) => cron.set(id, job), watching.signal)
+  .catch((err: unknown) => {
+    logger.error("job watch ended", { error: String(err) });
+  });
+cron.start();
+
+const server = await startGrpcServer({
+  listen: config.services.scheduler.listen,
+  serviceName: "scheduler",
+  logger,
+  services: [
+    {
+      name: "iotvault.v1.SchedulerService",
+      definition: SchedulerServiceService,
+      implementation: schedulerService({ jobs, bus, site: config.site }),
+    },
+  ],
+});
+logger.info("scheduler ready", { grpc: server.address, nats: config.nats.url });
+
+let stopping = false;
+async function shutdown(signal: string): Promise<void> {
+  if (stopping) return;
+  stopping = true;
+  logger.info("shutting down", { signal });
+  cron.stop();
+  watching.abort();
+  await server.shutdown(5000);
+  await bus.close();
+  await telemetry.shutdown();
+  process.exit(0);
+}
+process.once("SIGTERM", () => void shutdown("SIGTERM"));
+process.once("SIGINT", () => void shutdown("SIGINT"));
