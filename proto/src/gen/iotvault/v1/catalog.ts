@@ -454,31 +454,31 @@ export const Run: MessageFns<Run> = {
 
   toJSON(message: Run): unknown {
     const obj: any = {};
-    if (message.runId !== "") {
+    if (message.runId !== undefined) {
       obj.runId = message.runId;
     }
-    if (message.jobId !== "") {
+    if (message.jobId !== undefined) {
       obj.jobId = message.jobId;
     }
-    if (message.jobName !== "") {
+    if (message.jobName !== undefined) {
       obj.jobName = message.jobName;
     }
-    if (message.status !== 0) {
+    if (message.status !== undefined) {
       obj.status = runStatusToJSON(message.status);
     }
-    if (message.backupType !== 0) {
+    if (message.backupType !== undefined) {
       obj.backupType = backupTypeToJSON(message.backupType);
     }
-    if (message.trigger !== 0) {
+    if (message.trigger !== undefined) {
       obj.trigger = triggerKindToJSON(message.trigger);
     }
-    if (message.repository !== "") {
+    if (message.repository !== undefined) {
       obj.repository = message.repository;
     }
-    if (message.source !== "") {
+    if (message.source !== undefined) {
       obj.source = message.source;
     }
-    if (message.snapshotId !== "") {
+    if (message.snapshotId !== undefined) {
       obj.snapshotId = message.snapshotId;
     }
     if (message.stats !== undefined) {
@@ -487,13 +487,13 @@ export const Run: MessageFns<Run> = {
     if (message.error !== undefined) {
       obj.error = ErrorInfo.toJSON(message.error);
     }
-    if (message.traceId !== "") {
+    if (message.traceId !== undefined) {
       obj.traceId = message.traceId;
     }
-    if (message.executor !== "") {
+    if (message.executor !== undefined) {
       obj.executor = message.executor;
     }
-    if (message.attempts !== 0) {
+    if (message.attempts !== undefined) {
       obj.attempts = Math.round(message.attempts);
     }
     if (message.scheduledAt !== undefined) {
@@ -505,10 +505,10 @@ export const Run: MessageFns<Run> = {
     if (message.finishedAt !== undefined) {
       obj.finishedAt = message.finishedAt.toISOString();
     }
-    if (message.bytesDone !== 0n) {
+    if (message.bytesDone !== undefined) {
       obj.bytesDone = message.bytesDone.toString();
     }
-    if (message.filesDone !== 0n) {
+    if (message.filesDone !== undefined) {
       obj.filesDone = message.filesDone.toString();
     }
     return obj;
@@ -755,31 +755,31 @@ export const Snapshot: MessageFns<Snapshot> = {
 
   toJSON(message: Snapshot): unknown {
     const obj: any = {};
-    if (message.snapshotId !== "") {
+    if (message.snapshotId !== undefined) {
       obj.snapshotId = message.snapshotId;
     }
-    if (message.repository !== "") {
+    if (message.repository !== undefined) {
       obj.repository = message.repository;
     }
-    if (message.jobId !== "") {
+    if (message.jobId !== undefined) {
       obj.jobId = message.jobId;
     }
-    if (message.jobName !== "") {
+    if (message.jobName !== undefined) {
       obj.jobName = message.jobName;
     }
-    if (message.runId !== "") {
+    if (message.runId !== undefined) {
       obj.runId = message.runId;
     }
-    if (message.backupType !== 0) {
+    if (message.backupType !== undefined) {
       obj.backupType = backupTypeToJSON(message.backupType);
     }
-    if (message.source !== "") {
+    if (message.source !== undefined) {
       obj.source = message.source;
     }
-    if (message.parentSnapshotId !== "") {
+    if (message.parentSnapshotId !== undefined) {
       obj.parentSnapshotId = message.parentSnapshotId;
     }
-    if (message.hostname !== "") {
+    if (message.hostname !== undefined) {
       obj.hostname = message.hostname;
     }
     if (message.time !== undefined) {
@@ -890,13 +890,13 @@ export const ListRunsRequest: MessageFns<ListRunsRequest> = {
 
   toJSON(message: ListRunsRequest): unknown {
     const obj: any = {};
-    if (message.job !== "") {
+    if (message.job !== undefined) {
       obj.job = message.job;
     }
-    if (message.status !== 0) {
+    if (message.status !== undefined) {
       obj.status = runStatusToJSON(message.status);
     }
-    if (message.limit !== 0) {
+    if (message.limit !== undefined) {
       obj.limit = Math.round(message.limit);
     }
     return obj;
@@ -1038,7 +1038,7 @@ export const GetRunRequest: MessageFns<GetRunRequest> = {
 
   toJSON(message: GetRunRequest): unknown {
     const obj: any = {};
-    if (message.runId !== "") {
+    if (message.runId !== undefined) {
       obj.runId = message.runId;
     }
     return obj;
@@ -1198,13 +1198,13 @@ export const ListSnapshotsRequest: MessageFns<ListSnapshotsRequest> = {
 
   toJSON(message: ListSnapshotsRequest): unknown {
     const obj: any = {};
-    if (message.job !== "") {
+    if (message.job !== undefined) {
       obj.job = message.job;
     }
-    if (message.repository !== "") {
+    if (message.repository !== undefined) {
       obj.repository = message.repository;
     }
-    if (message.limit !== 0) {
+    if (message.limit !== undefined) {
       obj.limit = Math.round(message.limit);
     }
     return obj;
@@ -1350,7 +1350,7 @@ export const GetSnapshotRequest: MessageFns<GetSnapshotRequest> = {
 
   toJSON(message: GetSnapshotRequest): unknown {
     const obj: any = {};
-    if (message.snapshotId !== "") {
+    if (message.snapshotId !== undefined) {
       obj.snapshotId = message.snapshotId;
     }
     return obj;

@@ -494,28 +494,28 @@ export const Job: MessageFns<Job> = {
 
   toJSON(message: Job): unknown {
     const obj: any = {};
-    if (message.id !== "") {
+    if (message.id !== undefined) {
       obj.id = message.id;
     }
-    if (message.name !== "") {
+    if (message.name !== undefined) {
       obj.name = message.name;
     }
-    if (message.source !== "") {
+    if (message.source !== undefined) {
       obj.source = message.source;
     }
-    if (message.repository !== "") {
+    if (message.repository !== undefined) {
       obj.repository = message.repository;
     }
-    if (message.schedule !== "") {
+    if (message.schedule !== undefined) {
       obj.schedule = message.schedule;
     }
-    if (message.timeZone !== "") {
+    if (message.timeZone !== undefined) {
       obj.timeZone = message.timeZone;
     }
-    if (message.backupType !== 0) {
+    if (message.backupType !== undefined) {
       obj.backupType = backupTypeToJSON(message.backupType);
     }
-    if (message.site !== "") {
+    if (message.site !== undefined) {
       obj.site = message.site;
     }
     if (message.include?.length) {
@@ -533,7 +533,7 @@ export const Job: MessageFns<Job> = {
         });
       }
     }
-    if (message.paused !== false) {
+    if (message.paused !== undefined) {
       obj.paused = message.paused;
     }
     if (message.createdAt !== undefined) {
@@ -641,10 +641,10 @@ export const Job_LabelsEntry: MessageFns<Job_LabelsEntry> = {
 
   toJSON(message: Job_LabelsEntry): unknown {
     const obj: any = {};
-    if (message.key !== "") {
+    if (message.key !== undefined) {
       obj.key = message.key;
     }
-    if (message.value !== "") {
+    if (message.value !== undefined) {
       obj.value = message.value;
     }
     return obj;
@@ -955,43 +955,43 @@ export const BackupStats: MessageFns<BackupStats> = {
 
   toJSON(message: BackupStats): unknown {
     const obj: any = {};
-    if (message.filesNew !== 0n) {
+    if (message.filesNew !== undefined) {
       obj.filesNew = message.filesNew.toString();
     }
-    if (message.filesChanged !== 0n) {
+    if (message.filesChanged !== undefined) {
       obj.filesChanged = message.filesChanged.toString();
     }
-    if (message.filesUnchanged !== 0n) {
+    if (message.filesUnchanged !== undefined) {
       obj.filesUnchanged = message.filesUnchanged.toString();
     }
-    if (message.dirs !== 0n) {
+    if (message.dirs !== undefined) {
       obj.dirs = message.dirs.toString();
     }
-    if (message.symlinks !== 0n) {
+    if (message.symlinks !== undefined) {
       obj.symlinks = message.symlinks.toString();
     }
-    if (message.totalBytes !== 0n) {
+    if (message.totalBytes !== undefined) {
       obj.totalBytes = message.totalBytes.toString();
     }
-    if (message.bytesRead !== 0n) {
+    if (message.bytesRead !== undefined) {
       obj.bytesRead = message.bytesRead.toString();
     }
-    if (message.bytesNew !== 0n) {
+    if (message.bytesNew !== undefined) {
       obj.bytesNew = message.bytesNew.toString();
     }
-    if (message.bytesStored !== 0n) {
+    if (message.bytesStored !== undefined) {
       obj.bytesStored = message.bytesStored.toString();
     }
-    if (message.chunksTotal !== 0n) {
+    if (message.chunksTotal !== undefined) {
       obj.chunksTotal = message.chunksTotal.toString();
     }
-    if (message.chunksNew !== 0n) {
+    if (message.chunksNew !== undefined) {
       obj.chunksNew = message.chunksNew.toString();
     }
-    if (message.packsWritten !== 0n) {
+    if (message.packsWritten !== undefined) {
       obj.packsWritten = message.packsWritten.toString();
     }
-    if (message.durationMs !== 0n) {
+    if (message.durationMs !== undefined) {
       obj.durationMs = message.durationMs.toString();
     }
     return obj;
@@ -1122,16 +1122,16 @@ export const ErrorInfo: MessageFns<ErrorInfo> = {
 
   toJSON(message: ErrorInfo): unknown {
     const obj: any = {};
-    if (message.code !== "") {
+    if (message.code !== undefined) {
       obj.code = message.code;
     }
-    if (message.message !== "") {
+    if (message.message !== undefined) {
       obj.message = message.message;
     }
-    if (message.retryable !== false) {
+    if (message.retryable !== undefined) {
       obj.retryable = message.retryable;
     }
-    if (message.hint !== "") {
+    if (message.hint !== undefined) {
       obj.hint = message.hint;
     }
     return obj;
@@ -1239,13 +1239,13 @@ export const VerifyProblem: MessageFns<VerifyProblem> = {
 
   toJSON(message: VerifyProblem): unknown {
     const obj: any = {};
-    if (message.kind !== "") {
+    if (message.kind !== undefined) {
       obj.kind = message.kind;
     }
-    if (message.object !== "") {
+    if (message.object !== undefined) {
       obj.object = message.object;
     }
-    if (message.message !== "") {
+    if (message.message !== undefined) {
       obj.message = message.message;
     }
     if (message.paths?.length) {

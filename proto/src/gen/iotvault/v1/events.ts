@@ -407,16 +407,16 @@ export const BackupRequested: MessageFns<BackupRequested> = {
 
   toJSON(message: BackupRequested): unknown {
     const obj: any = {};
-    if (message.runId !== "") {
+    if (message.runId !== undefined) {
       obj.runId = message.runId;
     }
     if (message.job !== undefined) {
       obj.job = Job.toJSON(message.job);
     }
-    if (message.backupType !== 0) {
+    if (message.backupType !== undefined) {
       obj.backupType = backupTypeToJSON(message.backupType);
     }
-    if (message.trigger !== 0) {
+    if (message.trigger !== undefined) {
       obj.trigger = triggerKindToJSON(message.trigger);
     }
     if (message.scheduledAt !== undefined) {
@@ -425,7 +425,7 @@ export const BackupRequested: MessageFns<BackupRequested> = {
     if (message.requestedAt !== undefined) {
       obj.requestedAt = message.requestedAt.toISOString();
     }
-    if (message.requestedBy !== "") {
+    if (message.requestedBy !== undefined) {
       obj.requestedBy = message.requestedBy;
     }
     return obj;
@@ -572,16 +572,16 @@ export const RestoreRequested: MessageFns<RestoreRequested> = {
 
   toJSON(message: RestoreRequested): unknown {
     const obj: any = {};
-    if (message.restoreId !== "") {
+    if (message.restoreId !== undefined) {
       obj.restoreId = message.restoreId;
     }
-    if (message.repository !== "") {
+    if (message.repository !== undefined) {
       obj.repository = message.repository;
     }
-    if (message.snapshotId !== "") {
+    if (message.snapshotId !== undefined) {
       obj.snapshotId = message.snapshotId;
     }
-    if (message.target !== "") {
+    if (message.target !== undefined) {
       obj.target = message.target;
     }
     if (message.include?.length) {
@@ -831,10 +831,10 @@ export const JobDeleted: MessageFns<JobDeleted> = {
 
   toJSON(message: JobDeleted): unknown {
     const obj: any = {};
-    if (message.jobId !== "") {
+    if (message.jobId !== undefined) {
       obj.jobId = message.jobId;
     }
-    if (message.jobName !== "") {
+    if (message.jobName !== undefined) {
       obj.jobName = message.jobName;
     }
     if (message.deletedAt !== undefined) {
@@ -1111,37 +1111,37 @@ export const BackupStarted: MessageFns<BackupStarted> = {
 
   toJSON(message: BackupStarted): unknown {
     const obj: any = {};
-    if (message.runId !== "") {
+    if (message.runId !== undefined) {
       obj.runId = message.runId;
     }
-    if (message.jobId !== "") {
+    if (message.jobId !== undefined) {
       obj.jobId = message.jobId;
     }
-    if (message.jobName !== "") {
+    if (message.jobName !== undefined) {
       obj.jobName = message.jobName;
     }
-    if (message.repository !== "") {
+    if (message.repository !== undefined) {
       obj.repository = message.repository;
     }
-    if (message.source !== "") {
+    if (message.source !== undefined) {
       obj.source = message.source;
     }
-    if (message.backupType !== 0) {
+    if (message.backupType !== undefined) {
       obj.backupType = backupTypeToJSON(message.backupType);
     }
-    if (message.trigger !== 0) {
+    if (message.trigger !== undefined) {
       obj.trigger = triggerKindToJSON(message.trigger);
     }
-    if (message.site !== "") {
+    if (message.site !== undefined) {
       obj.site = message.site;
     }
-    if (message.executor !== "") {
+    if (message.executor !== undefined) {
       obj.executor = message.executor;
     }
-    if (message.attempt !== 0) {
+    if (message.attempt !== undefined) {
       obj.attempt = Math.round(message.attempt);
     }
-    if (message.parentSnapshotId !== "") {
+    if (message.parentSnapshotId !== undefined) {
       obj.parentSnapshotId = message.parentSnapshotId;
     }
     if (message.scheduledAt !== undefined) {
@@ -1150,7 +1150,7 @@ export const BackupStarted: MessageFns<BackupStarted> = {
     if (message.startedAt !== undefined) {
       obj.startedAt = message.startedAt.toISOString();
     }
-    if (message.traceId !== "") {
+    if (message.traceId !== undefined) {
       obj.traceId = message.traceId;
     }
     return obj;
@@ -1385,28 +1385,28 @@ export const BackupProgress: MessageFns<BackupProgress> = {
 
   toJSON(message: BackupProgress): unknown {
     const obj: any = {};
-    if (message.runId !== "") {
+    if (message.runId !== undefined) {
       obj.runId = message.runId;
     }
-    if (message.jobId !== "") {
+    if (message.jobId !== undefined) {
       obj.jobId = message.jobId;
     }
-    if (message.filesDone !== 0n) {
+    if (message.filesDone !== undefined) {
       obj.filesDone = message.filesDone.toString();
     }
-    if (message.bytesDone !== 0n) {
+    if (message.bytesDone !== undefined) {
       obj.bytesDone = message.bytesDone.toString();
     }
-    if (message.filesTotal !== 0n) {
+    if (message.filesTotal !== undefined) {
       obj.filesTotal = message.filesTotal.toString();
     }
-    if (message.bytesTotal !== 0n) {
+    if (message.bytesTotal !== undefined) {
       obj.bytesTotal = message.bytesTotal.toString();
     }
-    if (message.bytesNew !== 0n) {
+    if (message.bytesNew !== undefined) {
       obj.bytesNew = message.bytesNew.toString();
     }
-    if (message.currentPath !== "") {
+    if (message.currentPath !== undefined) {
       obj.currentPath = message.currentPath;
     }
     if (message.at !== undefined) {
@@ -1727,34 +1727,34 @@ export const BackupCompleted: MessageFns<BackupCompleted> = {
 
   toJSON(message: BackupCompleted): unknown {
     const obj: any = {};
-    if (message.runId !== "") {
+    if (message.runId !== undefined) {
       obj.runId = message.runId;
     }
-    if (message.jobId !== "") {
+    if (message.jobId !== undefined) {
       obj.jobId = message.jobId;
     }
-    if (message.jobName !== "") {
+    if (message.jobName !== undefined) {
       obj.jobName = message.jobName;
     }
-    if (message.repository !== "") {
+    if (message.repository !== undefined) {
       obj.repository = message.repository;
     }
-    if (message.snapshotId !== "") {
+    if (message.snapshotId !== undefined) {
       obj.snapshotId = message.snapshotId;
     }
-    if (message.parentSnapshotId !== "") {
+    if (message.parentSnapshotId !== undefined) {
       obj.parentSnapshotId = message.parentSnapshotId;
     }
-    if (message.backupType !== 0) {
+    if (message.backupType !== undefined) {
       obj.backupType = backupTypeToJSON(message.backupType);
     }
-    if (message.source !== "") {
+    if (message.source !== undefined) {
       obj.source = message.source;
     }
-    if (message.site !== "") {
+    if (message.site !== undefined) {
       obj.site = message.site;
     }
-    if (message.executor !== "") {
+    if (message.executor !== undefined) {
       obj.executor = message.executor;
     }
     if (message.stats !== undefined) {
@@ -1766,13 +1766,13 @@ export const BackupCompleted: MessageFns<BackupCompleted> = {
     if (message.finishedAt !== undefined) {
       obj.finishedAt = message.finishedAt.toISOString();
     }
-    if (message.traceId !== "") {
+    if (message.traceId !== undefined) {
       obj.traceId = message.traceId;
     }
     if (message.snapshotTime !== undefined) {
       obj.snapshotTime = message.snapshotTime.toISOString();
     }
-    if (message.hostname !== "") {
+    if (message.hostname !== undefined) {
       obj.hostname = message.hostname;
     }
     return obj;
@@ -1971,28 +1971,28 @@ export const BackupFailed: MessageFns<BackupFailed> = {
 
   toJSON(message: BackupFailed): unknown {
     const obj: any = {};
-    if (message.runId !== "") {
+    if (message.runId !== undefined) {
       obj.runId = message.runId;
     }
-    if (message.jobId !== "") {
+    if (message.jobId !== undefined) {
       obj.jobId = message.jobId;
     }
-    if (message.jobName !== "") {
+    if (message.jobName !== undefined) {
       obj.jobName = message.jobName;
     }
     if (message.error !== undefined) {
       obj.error = ErrorInfo.toJSON(message.error);
     }
-    if (message.attempt !== 0) {
+    if (message.attempt !== undefined) {
       obj.attempt = Math.round(message.attempt);
     }
-    if (message.willRetry !== false) {
+    if (message.willRetry !== undefined) {
       obj.willRetry = message.willRetry;
     }
     if (message.at !== undefined) {
       obj.at = message.at.toISOString();
     }
-    if (message.traceId !== "") {
+    if (message.traceId !== undefined) {
       obj.traceId = message.traceId;
     }
     return obj;
@@ -2114,13 +2114,13 @@ export const BackupCancelled: MessageFns<BackupCancelled> = {
 
   toJSON(message: BackupCancelled): unknown {
     const obj: any = {};
-    if (message.runId !== "") {
+    if (message.runId !== undefined) {
       obj.runId = message.runId;
     }
-    if (message.jobId !== "") {
+    if (message.jobId !== undefined) {
       obj.jobId = message.jobId;
     }
-    if (message.reason !== "") {
+    if (message.reason !== undefined) {
       obj.reason = message.reason;
     }
     if (message.at !== undefined) {
@@ -2283,16 +2283,16 @@ export const RestoreStarted: MessageFns<RestoreStarted> = {
 
   toJSON(message: RestoreStarted): unknown {
     const obj: any = {};
-    if (message.restoreId !== "") {
+    if (message.restoreId !== undefined) {
       obj.restoreId = message.restoreId;
     }
-    if (message.repository !== "") {
+    if (message.repository !== undefined) {
       obj.repository = message.repository;
     }
-    if (message.snapshotId !== "") {
+    if (message.snapshotId !== undefined) {
       obj.snapshotId = message.snapshotId;
     }
-    if (message.target !== "") {
+    if (message.target !== undefined) {
       obj.target = message.target;
     }
     if (message.include?.length) {
@@ -2301,7 +2301,7 @@ export const RestoreStarted: MessageFns<RestoreStarted> = {
     if (message.startedAt !== undefined) {
       obj.startedAt = message.startedAt.toISOString();
     }
-    if (message.traceId !== "") {
+    if (message.traceId !== undefined) {
       obj.traceId = message.traceId;
     }
     return obj;
@@ -2468,19 +2468,19 @@ export const RestoreProgress: MessageFns<RestoreProgress> = {
 
   toJSON(message: RestoreProgress): unknown {
     const obj: any = {};
-    if (message.restoreId !== "") {
+    if (message.restoreId !== undefined) {
       obj.restoreId = message.restoreId;
     }
-    if (message.filesDone !== 0n) {
+    if (message.filesDone !== undefined) {
       obj.filesDone = message.filesDone.toString();
     }
-    if (message.bytesDone !== 0n) {
+    if (message.bytesDone !== undefined) {
       obj.bytesDone = message.bytesDone.toString();
     }
-    if (message.filesTotal !== 0n) {
+    if (message.filesTotal !== undefined) {
       obj.filesTotal = message.filesTotal.toString();
     }
-    if (message.bytesTotal !== 0n) {
+    if (message.bytesTotal !== undefined) {
       obj.bytesTotal = message.bytesTotal.toString();
     }
     if (message.at !== undefined) {
@@ -2738,31 +2738,31 @@ export const RestoreCompleted: MessageFns<RestoreCompleted> = {
 
   toJSON(message: RestoreCompleted): unknown {
     const obj: any = {};
-    if (message.restoreId !== "") {
+    if (message.restoreId !== undefined) {
       obj.restoreId = message.restoreId;
     }
-    if (message.repository !== "") {
+    if (message.repository !== undefined) {
       obj.repository = message.repository;
     }
-    if (message.snapshotId !== "") {
+    if (message.snapshotId !== undefined) {
       obj.snapshotId = message.snapshotId;
     }
-    if (message.target !== "") {
+    if (message.target !== undefined) {
       obj.target = message.target;
     }
-    if (message.files !== 0n) {
+    if (message.files !== undefined) {
       obj.files = message.files.toString();
     }
-    if (message.dirs !== 0n) {
+    if (message.dirs !== undefined) {
       obj.dirs = message.dirs.toString();
     }
-    if (message.symlinks !== 0n) {
+    if (message.symlinks !== undefined) {
       obj.symlinks = message.symlinks.toString();
     }
-    if (message.bytes !== 0n) {
+    if (message.bytes !== undefined) {
       obj.bytes = message.bytes.toString();
     }
-    if (message.verified !== false) {
+    if (message.verified !== undefined) {
       obj.verified = message.verified;
     }
     if (message.startedAt !== undefined) {
@@ -2771,7 +2771,7 @@ export const RestoreCompleted: MessageFns<RestoreCompleted> = {
     if (message.finishedAt !== undefined) {
       obj.finishedAt = message.finishedAt.toISOString();
     }
-    if (message.traceId !== "") {
+    if (message.traceId !== undefined) {
       obj.traceId = message.traceId;
     }
     return obj;
@@ -2935,16 +2935,16 @@ export const RestoreFailed: MessageFns<RestoreFailed> = {
 
   toJSON(message: RestoreFailed): unknown {
     const obj: any = {};
-    if (message.restoreId !== "") {
+    if (message.restoreId !== undefined) {
       obj.restoreId = message.restoreId;
     }
-    if (message.repository !== "") {
+    if (message.repository !== undefined) {
       obj.repository = message.repository;
     }
-    if (message.snapshotId !== "") {
+    if (message.snapshotId !== undefined) {
       obj.snapshotId = message.snapshotId;
     }
-    if (message.target !== "") {
+    if (message.target !== undefined) {
       obj.target = message.target;
     }
     if (message.error !== undefined) {
@@ -2953,7 +2953,7 @@ export const RestoreFailed: MessageFns<RestoreFailed> = {
     if (message.at !== undefined) {
       obj.at = message.at.toISOString();
     }
-    if (message.traceId !== "") {
+    if (message.traceId !== undefined) {
       obj.traceId = message.traceId;
     }
     return obj;
@@ -3259,34 +3259,34 @@ export const VerifyCompleted: MessageFns<VerifyCompleted> = {
 
   toJSON(message: VerifyCompleted): unknown {
     const obj: any = {};
-    if (message.verifyId !== "") {
+    if (message.verifyId !== undefined) {
       obj.verifyId = message.verifyId;
     }
-    if (message.repository !== "") {
+    if (message.repository !== undefined) {
       obj.repository = message.repository;
     }
-    if (message.snapshotId !== "") {
+    if (message.snapshotId !== undefined) {
       obj.snapshotId = message.snapshotId;
     }
-    if (message.readData !== false) {
+    if (message.readData !== undefined) {
       obj.readData = message.readData;
     }
-    if (message.readDataPercent !== 0) {
+    if (message.readDataPercent !== undefined) {
       obj.readDataPercent = floatToJson(message.readDataPercent);
     }
-    if (message.ok !== false) {
+    if (message.ok !== undefined) {
       obj.ok = message.ok;
     }
-    if (message.snapshotsChecked !== 0n) {
+    if (message.snapshotsChecked !== undefined) {
       obj.snapshotsChecked = message.snapshotsChecked.toString();
     }
-    if (message.packsChecked !== 0n) {
+    if (message.packsChecked !== undefined) {
       obj.packsChecked = message.packsChecked.toString();
     }
-    if (message.chunksChecked !== 0n) {
+    if (message.chunksChecked !== undefined) {
       obj.chunksChecked = message.chunksChecked.toString();
     }
-    if (message.bytesRead !== 0n) {
+    if (message.bytesRead !== undefined) {
       obj.bytesRead = message.bytesRead.toString();
     }
     if (message.problems?.length) {
@@ -3298,7 +3298,7 @@ export const VerifyCompleted: MessageFns<VerifyCompleted> = {
     if (message.finishedAt !== undefined) {
       obj.finishedAt = message.finishedAt.toISOString();
     }
-    if (message.traceId !== "") {
+    if (message.traceId !== undefined) {
       obj.traceId = message.traceId;
     }
     return obj;
@@ -3458,13 +3458,13 @@ export const VerifyFailed: MessageFns<VerifyFailed> = {
 
   toJSON(message: VerifyFailed): unknown {
     const obj: any = {};
-    if (message.verifyId !== "") {
+    if (message.verifyId !== undefined) {
       obj.verifyId = message.verifyId;
     }
-    if (message.repository !== "") {
+    if (message.repository !== undefined) {
       obj.repository = message.repository;
     }
-    if (message.snapshotId !== "") {
+    if (message.snapshotId !== undefined) {
       obj.snapshotId = message.snapshotId;
     }
     if (message.error !== undefined) {
@@ -3473,7 +3473,7 @@ export const VerifyFailed: MessageFns<VerifyFailed> = {
     if (message.at !== undefined) {
       obj.at = message.at.toISOString();
     }
-    if (message.traceId !== "") {
+    if (message.traceId !== undefined) {
       obj.traceId = message.traceId;
     }
     return obj;
@@ -3620,19 +3620,19 @@ export const WalArchived: MessageFns<WalArchived> = {
 
   toJSON(message: WalArchived): unknown {
     const obj: any = {};
-    if (message.repository !== "") {
+    if (message.repository !== undefined) {
       obj.repository = message.repository;
     }
-    if (message.systemId !== "") {
+    if (message.systemId !== undefined) {
       obj.systemId = message.systemId;
     }
-    if (message.timeline !== 0) {
+    if (message.timeline !== undefined) {
       obj.timeline = Math.round(message.timeline);
     }
-    if (message.segment !== "") {
+    if (message.segment !== undefined) {
       obj.segment = message.segment;
     }
-    if (message.size !== 0n) {
+    if (message.size !== undefined) {
       obj.size = message.size.toString();
     }
     if (message.archivedAt !== undefined) {
@@ -3838,25 +3838,25 @@ export const DeadLetter: MessageFns<DeadLetter> = {
 
   toJSON(message: DeadLetter): unknown {
     const obj: any = {};
-    if (message.subject !== "") {
+    if (message.subject !== undefined) {
       obj.subject = message.subject;
     }
-    if (message.stream !== "") {
+    if (message.stream !== undefined) {
       obj.stream = message.stream;
     }
-    if (message.streamSequence !== 0n) {
+    if (message.streamSequence !== undefined) {
       obj.streamSequence = message.streamSequence.toString();
     }
-    if (message.consumer !== "") {
+    if (message.consumer !== undefined) {
       obj.consumer = message.consumer;
     }
-    if (message.deliveries !== 0) {
+    if (message.deliveries !== undefined) {
       obj.deliveries = Math.round(message.deliveries);
     }
-    if (message.reason !== "") {
+    if (message.reason !== undefined) {
       obj.reason = message.reason;
     }
-    if (message.payload.length !== 0) {
+    if (message.payload !== undefined) {
       obj.payload = base64FromBytes(message.payload);
     }
     if (message.headers) {
@@ -3967,10 +3967,10 @@ export const DeadLetter_HeadersEntry: MessageFns<DeadLetter_HeadersEntry> = {
 
   toJSON(message: DeadLetter_HeadersEntry): unknown {
     const obj: any = {};
-    if (message.key !== "") {
+    if (message.key !== undefined) {
       obj.key = message.key;
     }
-    if (message.value !== "") {
+    if (message.value !== undefined) {
       obj.value = message.value;
     }
     return obj;

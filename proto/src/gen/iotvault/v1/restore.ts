@@ -215,22 +215,22 @@ export const RestoreRequest: MessageFns<RestoreRequest> = {
 
   toJSON(message: RestoreRequest): unknown {
     const obj: any = {};
-    if (message.repository !== "") {
+    if (message.repository !== undefined) {
       obj.repository = message.repository;
     }
-    if (message.snapshotId !== "") {
+    if (message.snapshotId !== undefined) {
       obj.snapshotId = message.snapshotId;
     }
-    if (message.targetDir !== "") {
+    if (message.targetDir !== undefined) {
       obj.targetDir = message.targetDir;
     }
     if (message.include?.length) {
       obj.include = message.include;
     }
-    if (message.overwrite !== false) {
+    if (message.overwrite !== undefined) {
       obj.overwrite = message.overwrite;
     }
-    if (message.verify !== false) {
+    if (message.verify !== undefined) {
       obj.verify = message.verify;
     }
     return obj;
@@ -458,34 +458,34 @@ export const RestoreResult: MessageFns<RestoreResult> = {
 
   toJSON(message: RestoreResult): unknown {
     const obj: any = {};
-    if (message.restoreId !== "") {
+    if (message.restoreId !== undefined) {
       obj.restoreId = message.restoreId;
     }
-    if (message.snapshotId !== "") {
+    if (message.snapshotId !== undefined) {
       obj.snapshotId = message.snapshotId;
     }
-    if (message.targetDir !== "") {
+    if (message.targetDir !== undefined) {
       obj.targetDir = message.targetDir;
     }
-    if (message.files !== 0n) {
+    if (message.files !== undefined) {
       obj.files = message.files.toString();
     }
-    if (message.dirs !== 0n) {
+    if (message.dirs !== undefined) {
       obj.dirs = message.dirs.toString();
     }
-    if (message.symlinks !== 0n) {
+    if (message.symlinks !== undefined) {
       obj.symlinks = message.symlinks.toString();
     }
-    if (message.bytes !== 0n) {
+    if (message.bytes !== undefined) {
       obj.bytes = message.bytes.toString();
     }
-    if (message.verified !== false) {
+    if (message.verified !== undefined) {
       obj.verified = message.verified;
     }
-    if (message.durationMs !== 0n) {
+    if (message.durationMs !== undefined) {
       obj.durationMs = message.durationMs.toString();
     }
-    if (message.traceId !== "") {
+    if (message.traceId !== undefined) {
       obj.traceId = message.traceId;
     }
     return obj;
@@ -641,19 +641,19 @@ export const OperationProgress: MessageFns<OperationProgress> = {
 
   toJSON(message: OperationProgress): unknown {
     const obj: any = {};
-    if (message.filesDone !== 0n) {
+    if (message.filesDone !== undefined) {
       obj.filesDone = message.filesDone.toString();
     }
-    if (message.bytesDone !== 0n) {
+    if (message.bytesDone !== undefined) {
       obj.bytesDone = message.bytesDone.toString();
     }
-    if (message.filesTotal !== 0n) {
+    if (message.filesTotal !== undefined) {
       obj.filesTotal = message.filesTotal.toString();
     }
-    if (message.bytesTotal !== 0n) {
+    if (message.bytesTotal !== undefined) {
       obj.bytesTotal = message.bytesTotal.toString();
     }
-    if (message.current !== "") {
+    if (message.current !== undefined) {
       obj.current = message.current;
     }
     return obj;
@@ -879,16 +879,16 @@ export const VerifyRequest: MessageFns<VerifyRequest> = {
 
   toJSON(message: VerifyRequest): unknown {
     const obj: any = {};
-    if (message.repository !== "") {
+    if (message.repository !== undefined) {
       obj.repository = message.repository;
     }
-    if (message.snapshotId !== "") {
+    if (message.snapshotId !== undefined) {
       obj.snapshotId = message.snapshotId;
     }
-    if (message.readData !== false) {
+    if (message.readData !== undefined) {
       obj.readData = message.readData;
     }
-    if (message.readDataPercent !== 0) {
+    if (message.readDataPercent !== undefined) {
       obj.readDataPercent = floatToJson(message.readDataPercent);
     }
     return obj;
@@ -1189,34 +1189,34 @@ export const VerifyResult: MessageFns<VerifyResult> = {
 
   toJSON(message: VerifyResult): unknown {
     const obj: any = {};
-    if (message.verifyId !== "") {
+    if (message.verifyId !== undefined) {
       obj.verifyId = message.verifyId;
     }
-    if (message.repository !== "") {
+    if (message.repository !== undefined) {
       obj.repository = message.repository;
     }
-    if (message.snapshotId !== "") {
+    if (message.snapshotId !== undefined) {
       obj.snapshotId = message.snapshotId;
     }
-    if (message.ok !== false) {
+    if (message.ok !== undefined) {
       obj.ok = message.ok;
     }
-    if (message.readData !== false) {
+    if (message.readData !== undefined) {
       obj.readData = message.readData;
     }
-    if (message.readDataPercent !== 0) {
+    if (message.readDataPercent !== undefined) {
       obj.readDataPercent = floatToJson(message.readDataPercent);
     }
-    if (message.snapshotsChecked !== 0n) {
+    if (message.snapshotsChecked !== undefined) {
       obj.snapshotsChecked = message.snapshotsChecked.toString();
     }
-    if (message.packsChecked !== 0n) {
+    if (message.packsChecked !== undefined) {
       obj.packsChecked = message.packsChecked.toString();
     }
-    if (message.chunksChecked !== 0n) {
+    if (message.chunksChecked !== undefined) {
       obj.chunksChecked = message.chunksChecked.toString();
     }
-    if (message.bytesRead !== 0n) {
+    if (message.bytesRead !== undefined) {
       obj.bytesRead = message.bytesRead.toString();
     }
     if (message.problems?.length) {
@@ -1228,7 +1228,7 @@ export const VerifyResult: MessageFns<VerifyResult> = {
     if (message.finishedAt !== undefined) {
       obj.finishedAt = message.finishedAt.toISOString();
     }
-    if (message.traceId !== "") {
+    if (message.traceId !== undefined) {
       obj.traceId = message.traceId;
     }
     return obj;

@@ -274,7 +274,7 @@ export const GetJobRequest: MessageFns<GetJobRequest> = {
 
   toJSON(message: GetJobRequest): unknown {
     const obj: any = {};
-    if (message.job !== "") {
+    if (message.job !== undefined) {
       obj.job = message.job;
     }
     return obj;
@@ -661,7 +661,7 @@ export const DeleteJobRequest: MessageFns<DeleteJobRequest> = {
 
   toJSON(message: DeleteJobRequest): unknown {
     const obj: any = {};
-    if (message.job !== "") {
+    if (message.job !== undefined) {
       obj.job = message.job;
     }
     return obj;
@@ -830,16 +830,16 @@ export const TriggerBackupRequest: MessageFns<TriggerBackupRequest> = {
 
   toJSON(message: TriggerBackupRequest): unknown {
     const obj: any = {};
-    if (message.job !== "") {
+    if (message.job !== undefined) {
       obj.job = message.job;
     }
-    if (message.backupType !== 0) {
+    if (message.backupType !== undefined) {
       obj.backupType = backupTypeToJSON(message.backupType);
     }
     if (message.scheduledAt !== undefined) {
       obj.scheduledAt = message.scheduledAt.toISOString();
     }
-    if (message.requestedBy !== "") {
+    if (message.requestedBy !== undefined) {
       obj.requestedBy = message.requestedBy;
     }
     return obj;
@@ -959,16 +959,16 @@ export const TriggerBackupResponse: MessageFns<TriggerBackupResponse> = {
 
   toJSON(message: TriggerBackupResponse): unknown {
     const obj: any = {};
-    if (message.runId !== "") {
+    if (message.runId !== undefined) {
       obj.runId = message.runId;
     }
     if (message.scheduledAt !== undefined) {
       obj.scheduledAt = message.scheduledAt.toISOString();
     }
-    if (message.duplicate !== false) {
+    if (message.duplicate !== undefined) {
       obj.duplicate = message.duplicate;
     }
-    if (message.traceId !== "") {
+    if (message.traceId !== undefined) {
       obj.traceId = message.traceId;
     }
     return obj;

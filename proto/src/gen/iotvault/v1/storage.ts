@@ -226,19 +226,19 @@ export const PutObjectHeader: MessageFns<PutObjectHeader> = {
 
   toJSON(message: PutObjectHeader): unknown {
     const obj: any = {};
-    if (message.repository !== "") {
+    if (message.repository !== undefined) {
       obj.repository = message.repository;
     }
-    if (message.key !== "") {
+    if (message.key !== undefined) {
       obj.key = message.key;
     }
-    if (message.size !== 0n) {
+    if (message.size !== undefined) {
       obj.size = message.size.toString();
     }
-    if (message.sha256 !== "") {
+    if (message.sha256 !== undefined) {
       obj.sha256 = message.sha256;
     }
-    if (message.ifAbsent !== false) {
+    if (message.ifAbsent !== undefined) {
       obj.ifAbsent = message.ifAbsent;
     }
     return obj;
@@ -427,10 +427,10 @@ export const PutObjectResponse: MessageFns<PutObjectResponse> = {
 
   toJSON(message: PutObjectResponse): unknown {
     const obj: any = {};
-    if (message.size !== 0n) {
+    if (message.size !== undefined) {
       obj.size = message.size.toString();
     }
-    if (message.existed !== false) {
+    if (message.existed !== undefined) {
       obj.existed = message.existed;
     }
     return obj;
@@ -542,16 +542,16 @@ export const GetObjectRequest: MessageFns<GetObjectRequest> = {
 
   toJSON(message: GetObjectRequest): unknown {
     const obj: any = {};
-    if (message.repository !== "") {
+    if (message.repository !== undefined) {
       obj.repository = message.repository;
     }
-    if (message.key !== "") {
+    if (message.key !== undefined) {
       obj.key = message.key;
     }
-    if (message.offset !== 0n) {
+    if (message.offset !== undefined) {
       obj.offset = message.offset.toString();
     }
-    if (message.length !== 0n) {
+    if (message.length !== undefined) {
       obj.length = message.length.toString();
     }
     return obj;
@@ -621,7 +621,7 @@ export const GetObjectResponse: MessageFns<GetObjectResponse> = {
 
   toJSON(message: GetObjectResponse): unknown {
     const obj: any = {};
-    if (message.data.length !== 0) {
+    if (message.data !== undefined) {
       obj.data = base64FromBytes(message.data);
     }
     return obj;
@@ -702,10 +702,10 @@ export const StatObjectRequest: MessageFns<StatObjectRequest> = {
 
   toJSON(message: StatObjectRequest): unknown {
     const obj: any = {};
-    if (message.repository !== "") {
+    if (message.repository !== undefined) {
       obj.repository = message.repository;
     }
-    if (message.key !== "") {
+    if (message.key !== undefined) {
       obj.key = message.key;
     }
     return obj;
@@ -806,10 +806,10 @@ export const ObjectInfo: MessageFns<ObjectInfo> = {
 
   toJSON(message: ObjectInfo): unknown {
     const obj: any = {};
-    if (message.key !== "") {
+    if (message.key !== undefined) {
       obj.key = message.key;
     }
-    if (message.size !== 0n) {
+    if (message.size !== undefined) {
       obj.size = message.size.toString();
     }
     if (message.modifiedAt !== undefined) {
@@ -964,10 +964,10 @@ export const ListObjectsRequest: MessageFns<ListObjectsRequest> = {
 
   toJSON(message: ListObjectsRequest): unknown {
     const obj: any = {};
-    if (message.repository !== "") {
+    if (message.repository !== undefined) {
       obj.repository = message.repository;
     }
-    if (message.prefix !== "") {
+    if (message.prefix !== undefined) {
       obj.prefix = message.prefix;
     }
     return obj;
@@ -1118,10 +1118,10 @@ export const DeleteObjectRequest: MessageFns<DeleteObjectRequest> = {
 
   toJSON(message: DeleteObjectRequest): unknown {
     const obj: any = {};
-    if (message.repository !== "") {
+    if (message.repository !== undefined) {
       obj.repository = message.repository;
     }
-    if (message.key !== "") {
+    if (message.key !== undefined) {
       obj.key = message.key;
     }
     return obj;
@@ -1189,7 +1189,7 @@ export const DeleteObjectResponse: MessageFns<DeleteObjectResponse> = {
 
   toJSON(message: DeleteObjectResponse): unknown {
     const obj: any = {};
-    if (message.deleted !== false) {
+    if (message.deleted !== undefined) {
       obj.deleted = message.deleted;
     }
     return obj;
@@ -1270,10 +1270,10 @@ export const CreateRepositoryRequest: MessageFns<CreateRepositoryRequest> = {
 
   toJSON(message: CreateRepositoryRequest): unknown {
     const obj: any = {};
-    if (message.name !== "") {
+    if (message.name !== undefined) {
       obj.name = message.name;
     }
-    if (message.url !== "") {
+    if (message.url !== undefined) {
       obj.url = message.url;
     }
     return obj;
@@ -1424,7 +1424,7 @@ export const RepositoryInfo: MessageFns<RepositoryInfo> = {
 
   toJSON(message: RepositoryInfo): unknown {
     const obj: any = {};
-    if (message.name !== "") {
+    if (message.name !== undefined) {
       obj.name = message.name;
     }
     if (message.targets?.length) {

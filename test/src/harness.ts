@@ -1,0 +1,166 @@
+/**
+ * A whole iotvault on this host for end-to-end tests: a private nats-server, a fresh catalog
+ * database, a temp IOTVAULT_HOME, the five services as real child processes on free ports, and
+ * the real CLI. Everything is torn down by stop().
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { once } from "node:events";
+import { createWriteStream, mkdirSync } from "node:fs";
+import { readFile, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { checkHealth } from "@iotvault/rpc";
+import {
+  createTestDatabase,
+  freePort,
+  startNats,
+  tempDir,
+  waitFor,
+  type NatsServerHandle,
+  type TempDir,
+  type TestDatabase,
+} from "@iotvault/testing";
+
+export const SERVICES = ["storage-gateway", "catalog", "scheduler", "executor", "restore"] as const;
+export type Service = (typeof SERVICES)[number];
+
+const repoRoot = fileURLToPath(new URL("../../", import.meta.url));
+const entry = (s: Service) => join(repoRoot, "services", s, "dist", "main.js");
+export const CLI = join(repoRoot, "cli", "bin", "iotvault.js");
+
+export interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+export class TestStack {
+  readonly processes = new Map<Service, ChildProcess>();
+  readonly ports = new Map<Service, number>();
+  env: NodeJS.ProcessEnv = {};
+
+  private constructor(
+    readonly home: TempDir,
+    readonly nats: NatsServerHandle,
+    readonly db: TestDatabase,
+  ) {}
+
+  static async start(
+    options: { ackWaitMs?: number; maxDeliver?: number; extraEnv?: NodeJS.ProcessEnv } = {},
+  ): Promise<TestStack> {
+    const [home, nats, db] = await Promise.all([
+      tempDir("iotvault-e2e-"),
+      startNats(),
+      createTestDatabase({ prefix: "e2e" }),
+    ]);
+    const stack = new TestStack(home, nats, db);
+    const passFile = join(home.path, "repository.pass");
+    await writeFile(passFile, `e2e-${Math.random().toString(36).slice(2)}-passphrase\n`, { mode: 0o600 });
+    const env: NodeJS.ProcessEnv = {
+      PATH: process.env["PATH"],
+      HOME: home.path,
+      IOTVAULT_HOME: join(home.path, "home"),
+      IOTVAULT_NATS_URL: nats.url,
+      IOTVAULT_DATABASE_URL: db.url,
+      IOTVAULT_PASSWORD_FILE: passFile,
+      IOTVAULT_SCRYPT_LOGN: "14",
+      IOTVAULT_ACK_WAIT_MS: String(options.ackWaitMs ?? 4000),
+      IOTVAULT_MAX_DELIVER: String(options.maxDeliver ?? 4),
+      IOTVAULT_LOG_LEVEL: "debug",
+      ...options.extraEnv,
+    };
+    for (const s of SERVICES) {
+      const port = await freePort();
+      stack.ports.set(s, port);
+      env[`IOTVAULT_${s.toUpperCase().replace("-", "_")}_LISTEN`] = `127.0.0.1:${port}`;
+    }
+    stack.env = env;
+    mkdirSync(join(home.path, "logs"), { recursive: true });
+    try {
+      for (const s of SERVICES) await stack.startService(s);
+    } catch (err) {
+      await stack.stop();
+      throw err;
+    }
+    return stack;
+  }
+
+  address(s: Service): string {
+    return `127.0.0.1:${this.ports.get(s)!}`;
+  }
+
+  logFile(s: Service): string {
+    return join(this.home.path, "logs", `${s}.log`);
+  }
+
+  async startService(s: Service): Promise<void> {
+    const log = createWriteStream(this.logFile(s), { flags: "a" });
+    const child = spawn(process.execPath, ["--enable-source-maps", entry(s)], {
+      env: this.env,
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    child.stdout.pipe(log);
+    child.stderr.pipe(log);
+    this.processes.set(s, child);
+    await waitFor(
+      async () => {
+        if (child.exitCode !== null) throw new Error(`${s} exited with ${child.exitCode}:\n${await this.tail(s)}`);
+        return (await checkHealth(this.address(s), { deadlineMs: 500 })) === "SERVING" || undefined;
+      },
+      { timeoutMs: 30_000, intervalMs: 100, what: `${s} to be healthy` },
+    );
+  }
+
+  /** SIGKILL: the process gets no chance to clean up or ack. */
+  async kill(s: Service): Promise<void> {
+    const child = this.processes.get(s);
+    if (!child || child.exitCode !== null || child.signalCode !== null) return;
+    child.kill("SIGKILL");
+    await once(child, "exit");
+  }
+
+  async tail(s: Service, lines = 40): Promise<string> {
+    try {
+      return (await readFile(this.logFile(s), "utf8")).split("\n").slice(-lines).join("\n");
+    } catch {
+      return "";
+    }
+  }
+
+  /** Runs the real CLI with the stack's environment. */
+  async cli(args: string[], extraEnv: NodeJS.ProcessEnv = {}): Promise<CliResult> {
+    const child = spawn(process.execPath, [CLI, ...args], {
+      env: { ...this.env, ...extraEnv },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+    const [code] = (await once(child, "exit")) as [number | null];
+    return { code: code ?? -1, stdout, stderr };
+  }
+
+  /** Runs the CLI with --json, fails with its output when it exits non-zero, returns the parsed JSON. */
+  async cliJson<T = any>(args: string[], extraEnv: NodeJS.ProcessEnv = {}): Promise<T> {
+    const r = await this.cli([...args, "--json"], extraEnv);
+    if (r.code !== 0)
+      throw new Error(`iotvault ${args.join(" ")} exited ${r.code}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`);
+    return JSON.parse(r.stdout) as T;
+  }
+
+  async stop(): Promise<void> {
+    for (const s of [...SERVICES].reverse()) {
+      const child = this.processes.get(s);
+      if (child && child.exitCode === null && child.signalCode === null) {
+        child.kill("SIGTERM");
+        const exited = once(child, "exit");
+        const timer = setTimeout(() => child.kill("SIGKILL"), 8000);
+        await exited;
+        clearTimeout(timer);
+      }
+    }
+    await Promise.allSettled([this.nats.stop(), this.db.drop()]);
+    await this.home.cleanup();
+  }
+}
