@@ -45,6 +45,16 @@ function serviceEntry(name: ServiceName): string {
   return fileURLToPath(new URL(`../../services/${name}/dist/main.js`, import.meta.url));
 }
 
+/**
+ * Where a private PostgreSQL cluster lives: under IOTVAULT_HOME, except as root, where the
+ * server runs as the `postgres` user and could not reach a home such as /root/.iotvault: then
+ * /var/lib/iotvault/postgres-<port>.
+ */
+function pgDir(config: IotvaultConfig): string {
+  if (process.getuid?.() !== 0) return join(config.home, "postgres");
+  return join("/var/lib/iotvault", `postgres-${hostPort(config.database.url, 5432).port}`);
+}
+
 function pidFile(config: IotvaultConfig, name: string): string {
   return join(config.paths.run, `${name}.pid`);
 }
@@ -109,16 +119,16 @@ async function ensurePostgres(config: IotvaultConfig, log: (line: string) => voi
       hint: "start it, or set IOTVAULT_DATABASE_URL (a local cluster is started only for loopback URLs)",
     });
   }
-  log(`starting a private PostgreSQL cluster on ${host}:${port} (${join(config.home, "postgres")})`);
+  const dir = pgDir(config);
+  log(`starting a private PostgreSQL cluster on ${host}:${port} (${dir})`);
   await startPrivatePostgres({
     host,
     port,
-    dir: join(config.home, "postgres"),
-    logFile: join(config.paths.logs, "postgres.log"),
+    dir,
   });
   // Marker: this cluster belongs to the stack and `stack down` stops it (the postmaster's own
   // pid file stays authoritative for its state).
-  const pid = readPidFile(join(config.home, "postgres", "data", "postmaster.pid"));
+  const pid = readPidFile(join(dir, "data", "postmaster.pid"));
   writeFileSync(pidFile(config, "postgres"), `${pid ?? ""}\n`, { mode: 0o600 });
 }
 
@@ -166,7 +176,7 @@ export async function stackDown(config: IotvaultConfig, log: (line: string) => v
   }
   removeFile(pidFile(config, "nats"));
   if (fileExists(pidFile(config, "postgres"))) {
-    if (stopPrivatePostgres(join(config.home, "postgres"))) {
+    if (await stopPrivatePostgres(pgDir(config))) {
       log("stopped the private PostgreSQL cluster");
       stopped.push("postgres");
     }
@@ -199,7 +209,7 @@ export async function stackStatus(config: IotvaultConfig): Promise<ComponentStat
     const pid = readPidFile(pidFile(config, name));
     const managed =
       pid !== undefined &&
-      (kind === "postgres" ? fileExists(join(config.home, "postgres", "data", "postmaster.pid")) : isAlive(pid));
+      (kind === "postgres" ? fileExists(join(pgDir(config), "data", "postmaster.pid")) : isAlive(pid));
     const open = await isPortOpen(hp.host, hp.port);
     out.push({
       name,

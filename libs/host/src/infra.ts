@@ -5,10 +5,10 @@
  */
 import { spawnSync } from "node:child_process";
 import { chownSync, existsSync, mkdirSync } from "node:fs";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { IotvaultError } from "@iotvault/errors";
 import { findNatsServer, findPostgresBin, findRunuser } from "./binaries.js";
-import { readPidFile, runSync, startDetached, waitForPort } from "./processes.js";
+import { isAlive, readPidFile, runSync, startDetached, waitForPort } from "./processes.js";
 
 export interface Endpoint {
   host: string;
@@ -96,14 +96,15 @@ function postgresIds(): { uid: number; gid: number } {
  * Starts (creating it first when needed) a private PostgreSQL cluster in `dir` on host:port,
  * trust authentication for the `postgres` role on loopback only. Returns the postmaster pid.
  */
-export async function startPrivatePostgres(options: Endpoint & { dir: string; logFile: string }): Promise<number> {
+export async function startPrivatePostgres(options: Endpoint & { dir: string }): Promise<number> {
   const tools = pgTools();
   const data = join(options.dir, "data");
+  // The parents must be traversable by the server's OS user; the cluster directory is its own.
+  mkdirSync(dirname(options.dir), { recursive: true, mode: 0o755 });
   mkdirSync(options.dir, { recursive: true, mode: 0o700 });
   if (tools.asUser.length > 0) {
     const { uid, gid } = postgresIds();
     chownSync(options.dir, uid, gid);
-    if (existsSync(options.logFile)) chownSync(options.logFile, uid, gid);
   }
   if (!existsSync(join(data, "PG_VERSION"))) {
     const [cmd, args] = asUser(tools, tools.initdb, [
@@ -139,12 +140,16 @@ export async function startPrivatePostgres(options: Endpoint & { dir: string; lo
   return pid;
 }
 
-/** Stops a private cluster started by startPrivatePostgres (fast shutdown). */
-export function stopPrivatePostgres(dir: string): boolean {
+/** Stops a private cluster started by startPrivatePostgres (fast shutdown) and waits for its exit. */
+export async function stopPrivatePostgres(dir: string): Promise<boolean> {
   const data = join(dir, "data");
-  if (!existsSync(join(data, "postmaster.pid"))) return false;
+  const pid = readPidFile(join(data, "postmaster.pid"));
+  if (pid === undefined) return false;
   const tools = pgTools();
   const [cmd, args] = asUser(tools, tools.pgCtl, ["-D", data, "-m", "fast", "-w", "-t", "60", "stop"]);
   runSync(cmd, args, { cwd: dir, timeoutMs: 90_000 });
+  // pg_ctl returns once the pid file is gone; the postmaster exits a moment later.
+  const deadline = Date.now() + 10_000;
+  while (isAlive(pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
   return true;
 }

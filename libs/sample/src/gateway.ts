@@ -46,10 +46,15 @@ class Writer {
 
   constructor(readonly root: string) {}
 
+  /** Records a directory and its ancestors (relative to the root). */
+  addDir(rel: string): void {
+    for (let d = rel; d !== "." && d !== "" && !this.dirs.has(d); d = dirname(d)) this.dirs.add(d);
+  }
+
   async file(rel: string, content: string | Buffer | Iterable<string | Buffer>, mode?: number): Promise<number> {
     const path = join(this.root, rel);
     await mkdir(dirname(path), { recursive: true });
-    this.dirs.add(dirname(rel));
+    this.addDir(dirname(rel));
     let n = 0;
     if (typeof content === "string" || Buffer.isBuffer(content)) {
       await writeFile(path, content);
@@ -296,7 +301,7 @@ export async function makeGatewayTree(root: string, options: GatewayTreeOptions 
   // --- file-system fidelity: empty files and dirs, symlinks, non-ASCII names, modes, old mtimes
   await w.file("config/agent/EMPTY.flag", "");
   await mkdir(join(root, "spool/outbox"), { recursive: true });
-  w.dirs.add("spool/outbox");
+  w.addDir("spool/outbox");
   await w.file("config/données/capteurs-Æ.yaml", "capteur: température\nunité: °C\n");
   await w.file("models/日本語/センサー.ttl", PREFIXES + "ex:センサー a sosa:Sensor ; sosa:observes ex:温度 .\n");
   await w.file("bin/collect.sh", "#!/bin/sh\nexec /usr/bin/env true\n", 0o755);
@@ -307,5 +312,5 @@ export async function makeGatewayTree(root: string, options: GatewayTreeOptions 
   await symlink("historian/plant-historian-2024.csv", join(root, "telemetry/latest.csv"));
   const old = new Date(Date.UTC(2024, 0, 15, 8, 30, 0, 123));
   await utimes(join(root, "bin/collect.sh"), old, old);
-  return { files: w.files, bytes: w.bytes, dirs: w.dirs.size + 1, symlinks: 2 };
+  return { files: w.files, bytes: w.bytes, dirs: w.dirs.size, symlinks: 2 };
 }

@@ -1,0 +1,95 @@
+/**
+ * `iotvault stack up | status | down` as a user runs them: with no NATS and no PostgreSQL at the
+ * configured URLs, stack up starts both (privately, on loopback) and the five services, is
+ * idempotent, and stack down stops exactly what it started.
+ */
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { once } from "node:events";
+import { rm, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { isAlive } from "@iotvault/host";
+import { freePort, tempDir, type TempDir } from "@iotvault/testing";
+import { CLI } from "./harness.js";
+
+describe("iotvault stack (embedded default)", { timeout: 300_000 }, () => {
+  let home: TempDir;
+  let env: NodeJS.ProcessEnv;
+  let pgPort: number;
+
+  const cli = async (args: string[]) => {
+    const child = spawn(process.execPath, [CLI, ...args], { env, stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+    const [code] = (await once(child, "exit")) as [number];
+    return { code, stdout, stderr };
+  };
+
+  before(async () => {
+    home = await tempDir("iotvault-stack-");
+    pgPort = await freePort();
+    env = {
+      PATH: process.env["PATH"],
+      HOME: home.path,
+      IOTVAULT_HOME: join(home.path, "home"),
+      IOTVAULT_NATS_URL: `nats://127.0.0.1:${await freePort()}`,
+      IOTVAULT_DATABASE_URL: `postgres://postgres@127.0.0.1:${pgPort}/iotvault`,
+      IOTVAULT_PASSWORD_FILE: join(home.path, "pass"),
+      IOTVAULT_SCRYPT_LOGN: "12",
+    };
+    for (const s of ["SCHEDULER", "EXECUTOR", "STORAGE_GATEWAY", "CATALOG", "RESTORE"]) {
+      env[`IOTVAULT_${s}_LISTEN`] = `127.0.0.1:${await freePort()}`;
+    }
+    await writeFile(join(home.path, "pass"), "stack test passphrase\n", { mode: 0o600 });
+  });
+
+  after(async () => {
+    await cli(["stack", "down"]).catch(() => undefined);
+    await home.cleanup();
+    if (process.getuid?.() === 0) await rm(`/var/lib/iotvault/postgres-${pgPort}`, { recursive: true, force: true });
+  });
+
+  it("starts NATS, PostgreSQL and the five services, runs a backup, and stops only what it started", async () => {
+    const up = await cli(["stack", "up", "--json"]);
+    assert.equal(up.code, 0, up.stderr);
+    const components = JSON.parse(up.stdout).components as { name: string; state: string; pid?: number; managed: boolean }[];
+    assert.equal(components.length, 7);
+    for (const c of components) {
+      assert.equal(c.state, "running", `${c.name}: ${JSON.stringify(c)}`);
+      assert.equal(c.managed, true, `${c.name} was started by stack up`);
+    }
+
+    // Idempotent: a second stack up starts nothing new.
+    const again = await cli(["stack", "up"]);
+    assert.equal(again.code, 0, again.stderr);
+    assert.doesNotMatch(again.stderr, /starting/);
+
+    // The stack works: a backup goes through.
+    const src = join(home.path, "src");
+    assert.equal((await cli(["sample", src, "--size-mib", "1"])).code, 0);
+    assert.equal((await cli(["repo", "init", "r", "--url", `file://${join(home.path, "repo")}`])).code, 0);
+    assert.equal((await cli(["job", "create", "j", "--source", src, "--repo", "r"])).code, 0);
+    const backup = await cli(["backup", "j", "--wait", "--json"]);
+    assert.equal(backup.code, 0, backup.stderr + backup.stdout);
+    assert.equal(JSON.parse(backup.stdout).status, "RUN_STATUS_SUCCEEDED");
+
+    const down = await cli(["stack", "down", "--json"]);
+    assert.equal(down.code, 0, down.stderr);
+    assert.deepEqual(JSON.parse(down.stdout).stopped.sort(), ["catalog", "executor", "nats", "postgres", "restore", "scheduler", "storage-gateway"]);
+    for (const c of components) if (c.pid) assert.equal(isAlive(c.pid), false, `${c.name} (pid ${c.pid}) still runs`);
+
+    const status = await cli(["stack", "status", "--json"]);
+    assert.equal(status.code, 3, "status exits 3 when services are down");
+    for (const c of JSON.parse(status.stdout).components) assert.equal(c.state, "stopped", c.name);
+  });
+
+  it("explains what to do when a command needs services that are not running", async () => {
+    const r = await cli(["runs"]);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /cannot reach the catalog service/);
+    assert.match(r.stderr, /hint: .*stack up/);
+  });
+});
