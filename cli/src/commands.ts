@@ -1,9 +1,10 @@
 /**
  * The commands of `iotvault`. Each takes its arguments (after the command words) and a Context.
  */
-import { mkdtemp } from "node:fs/promises";
+import { randomBytes } from "node:crypto";
+import { mkdtemp, writeFile } from "node:fs/promises";
 import { resolve } from "node:path";
-import { readRepositoryPassword } from "@iotvault/config";
+import { readKeyFile, readRepositoryPassword, readRepositorySecret } from "@iotvault/config";
 import { IotvaultError } from "@iotvault/errors";
 import {
   BackupType,
@@ -19,7 +20,7 @@ import {
   RestoreResult,
   VerifyResult,
 } from "@iotvault/proto";
-import { Repository } from "@iotvault/repo";
+import { Repository, type RepositorySecret } from "@iotvault/repo";
 import { GatewayObjectStore, callServerStream, callUnary } from "@iotvault/rpc";
 import { makeGatewayTree } from "@iotvault/sample";
 import { readSpans, renderTraceTree } from "@iotvault/telemetry";
@@ -87,8 +88,12 @@ function renderStatus(status: Awaited<ReturnType<typeof stackStatus>>): string {
 
 // ---------------------------------------------------------------------------------------------- repo
 
-function password(ctx: Context): Buffer {
-  return readRepositoryPassword(ctx.env, ctx.config.repository.passwordFile).password;
+function password(ctx: Context): RepositorySecret {
+  return readRepositorySecret(ctx.env, ctx.config.repository);
+}
+
+function openStore(ctx: Context, repository: string): GatewayObjectStore {
+  return new GatewayObjectStore(ctx.gateway, repository, { address: ctx.config.addressOf("storage-gateway") });
 }
 
 export async function repo(ctx: Context, argv: string[]): Promise<void> {
@@ -111,7 +116,7 @@ export async function repo(ctx: Context, argv: string[]): Promise<void> {
   const url = required(str(p, "url"), "--url", usage);
   const secret = password(ctx);
   const created = await callUnary(ctx.gateway, "createRepository", { name, url });
-  const store = new GatewayObjectStore(ctx.gateway, name, { address: ctx.config.addressOf("storage-gateway") });
+  const store = openStore(ctx, name);
   if (await Repository.exists(store)) {
     throw new IotvaultError("ALREADY_EXISTS", `${url} already holds an iotvault repository`, {
       hint: "use it as it is (jobs can name it), or choose another URL",
@@ -124,6 +129,112 @@ export async function repo(ctx: Context, argv: string[]): Promise<void> {
     () =>
       `repository ${name} initialised at ${url} (id ${short(repository.id)})\nkeep the passphrase safe: without it the data cannot be read`,
   );
+}
+
+// ---------------------------------------------------------------------------------------------- key
+
+export async function key(ctx: Context, argv: string[]): Promise<void> {
+  const usage =
+    "iotvault key list --repo R | key add --repo R (--new-passphrase-file F | --key-file F | --new-key-file F) | key remove <slot> --repo R | key rotate --repo R [--keep-passphrase-file F]... [--keep-key-file F]... [--drop-other-slots]";
+  const p = parse(
+    argv,
+    {
+      repo: { type: "string" },
+      "new-passphrase-file": { type: "string" },
+      "key-file": { type: "string" },
+      "new-key-file": { type: "string" },
+      "keep-passphrase-file": { type: "string", multiple: true },
+      "keep-key-file": { type: "string", multiple: true },
+      "drop-other-slots": { type: "boolean" },
+    },
+    usage,
+  );
+  const sub = required(p.positionals[0], "key command (list, add, remove or rotate)", usage);
+  const repoName = required(str(p, "repo"), "--repo", usage);
+  const secret = password(ctx);
+  const repository = await Repository.open(openStore(ctx, repoName), secret, {
+    scryptLogN: ctx.config.repository.scryptLogN,
+    workers: 1,
+  });
+  try {
+    if (sub === "list") {
+      const keys = await repository.listKeys();
+      ctx.print(keys, () =>
+        [
+          table(
+            ["SLOT", "TYPE", "CREATED", "IN USE"],
+            keys.slots.map((s) => [
+              s.id.slice(0, 16),
+              s.type,
+              s.createdAt.replace("T", " ").slice(0, 19),
+              s.inUse ? "yes" : "",
+            ]),
+          ),
+          "",
+          table(
+            ["DATA KEY", "CREATED", "CURRENT"],
+            keys.dataKeys.map((k) => [
+              k.id.toString(16).padStart(8, "0"),
+              k.createdAt.replace("T", " ").slice(0, 19),
+              k.current ? "yes" : "",
+            ]),
+          ),
+        ].join("\n"),
+      );
+    } else if (sub === "add") {
+      const newPass = str(p, "new-passphrase-file");
+      const keyFile = str(p, "key-file");
+      const newKeyFile = str(p, "new-key-file");
+      if ([newPass, keyFile, newKeyFile].filter(Boolean).length !== 1) {
+        throw new IotvaultError(
+          "INVALID_ARGUMENT",
+          "give exactly one of --new-passphrase-file, --key-file, --new-key-file",
+          { hint: `usage: ${usage}` },
+        );
+      }
+      let added: RepositorySecret;
+      if (newPass) added = readRepositoryPassword({ IOTVAULT_PASSWORD_FILE: newPass }).password;
+      else if (keyFile) added = { keyFile: readKeyFile(keyFile, "--key-file") };
+      else {
+        const bytes = randomBytes(64);
+        await writeFile(newKeyFile!, bytes, { mode: 0o600, flag: "wx" }).catch((err: NodeJS.ErrnoException) => {
+          throw new IotvaultError(
+            err.code === "EEXIST" ? "ALREADY_EXISTS" : "INVALID_ARGUMENT",
+            `cannot create the key file ${newKeyFile}: ${err.message}`,
+            {
+              hint: "name a file that does not exist yet",
+            },
+          );
+        });
+        added = { keyFile: bytes };
+      }
+      const id = await repository.addKey(added);
+      ctx.print(
+        { slot: id },
+        () =>
+          `key slot ${id.slice(0, 16)} added${newKeyFile ? `; key file written to ${newKeyFile} (mode 0600) — store it safely` : ""}`,
+      );
+    } else if (sub === "remove") {
+      const slot = required(p.positionals[1], "slot id", usage);
+      await repository.removeKey(slot);
+      ctx.print({ removed: slot }, () => `key slot ${slot} removed`);
+    } else if (sub === "rotate") {
+      const keep: RepositorySecret[] = [
+        ...list(p, "keep-passphrase-file").map((f) => readRepositoryPassword({ IOTVAULT_PASSWORD_FILE: f }).password),
+        ...list(p, "keep-key-file").map((f) => ({ keyFile: readKeyFile(f, "--keep-key-file") })),
+      ];
+      const r = await repository.rotateKeys({ current: secret, keep, dropOtherSlots: flag(p, "drop-other-slots") });
+      ctx.print(
+        r,
+        () =>
+          `new data key ${r.dataKeyId.toString(16).padStart(8, "0")} is current; new master key; ${r.slots.length} slot(s) re-made, ${r.removedSlots.length} old slot(s) removed\nexisting packs were not rewritten: old snapshots stay readable`,
+      );
+    } else {
+      throw new IotvaultError("INVALID_ARGUMENT", `unknown key command "${sub}"`, { hint: `usage: ${usage}` });
+    }
+  } finally {
+    await repository.close();
+  }
 }
 
 // ---------------------------------------------------------------------------------------------- job

@@ -4,7 +4,7 @@
  * them on this host. `iotvault help` lists the commands; every command takes --json.
  */
 import { toIotvaultError } from "@iotvault/errors";
-import { backup, job, repo, restore, runs, sample, snapshots, stack, traceCmd, verify } from "./commands.js";
+import { backup, job, key, repo, restore, runs, sample, snapshots, stack, traceCmd, verify } from "./commands.js";
 import { Context } from "./context.js";
 
 const HELP = `iotvault — backup and restore for IoT platforms
@@ -15,6 +15,9 @@ usage: iotvault <command> [options] [--json]
                                     when none is reachable); state under IOTVAULT_HOME
   repo init <name> --url file:///path
   repo list
+  key list | add | remove <slot> | rotate --repo R
+                                    passphrase and key-file slots; rotate makes a new data key
+                                    and master key without rewriting packs
   job create <name> --source fs:/path --repo <name> [--schedule CRON] [--tz ZONE]
              [--type full|incremental|differential] [--site S] [--include GLOB]... [--exclude GLOB]...
   job list | show <job> | delete <job>
@@ -26,12 +29,14 @@ usage: iotvault <command> [options] [--json]
   trace <run-id>                    the run's spans across services, as a tree
   sample <dir> [--size-mib N]       write a sample IoT gateway tree (for demos and tests)
 
-The repository passphrase comes from IOTVAULT_PASSWORD or IOTVAULT_PASSWORD_FILE.
+The repository passphrase comes from IOTVAULT_PASSWORD or IOTVAULT_PASSWORD_FILE (or a key
+file: IOTVAULT_KEY_FILE).
 Set IOTVAULT_DEBUG=1 to see stack traces of errors.`;
 
 const COMMANDS: Record<string, (ctx: Context, argv: string[]) => Promise<void>> = {
   stack,
   repo,
+  key,
   job,
   backup,
   runs,

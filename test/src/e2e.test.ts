@@ -197,6 +197,51 @@ describe("iotvault end to end (five services, real NATS, PostgreSQL, gRPC)", { t
     assert.doesNotMatch(r.stdout, /completely different/);
   });
 
+  it("manages keys: a key-file slot, rotation without rewriting packs, removal; backups and restores go on", async () => {
+    const keyFile = join(data.path, "operator.key");
+    const added = await stack.cliJson(["key", "add", "--repo", "main", "--new-key-file", keyFile]);
+    assert.match(added.slot, /^[0-9a-f]{64}$/);
+    assert.equal(((await stat(keyFile)).mode & 0o777).toString(8), "600");
+    let keys = await stack.cliJson(["key", "list", "--repo", "main"]);
+    assert.equal(keys.slots.length, 2);
+    // The key file opens the repository on its own (no passphrase in the environment).
+    const viaKeyFile = await stack.cliJson(["key", "list", "--repo", "main"], {
+      IOTVAULT_PASSWORD_FILE: "",
+      IOTVAULT_KEY_FILE: keyFile,
+    });
+    assert.equal(viaKeyFile.slots.filter((s: any) => s.inUse)[0].type, "keyfile");
+
+    const packsBefore = await readdir(join(repoDir, "data"), { recursive: true });
+    const refused = await stack.cli(["key", "rotate", "--repo", "main"]);
+    assert.notEqual(refused.code, 0);
+    assert.match(refused.stderr, /other key slot/);
+    const rotated = await stack.cliJson(["key", "rotate", "--repo", "main", "--keep-key-file", keyFile]);
+    assert.equal(rotated.slots.length, 2);
+    keys = await stack.cliJson(["key", "list", "--repo", "main"]);
+    assert.equal(keys.dataKeys.length, 2);
+    const packsAfter = await readdir(join(repoDir, "data"), { recursive: true });
+    for (const p of packsBefore) assert.ok(packsAfter.includes(p), `pack ${p} was removed or rewritten`);
+
+    // The services (opening with the passphrase) back up with the new key and restore old snapshots.
+    const run = await stack.cliJson(["backup", "gw", "--wait"]);
+    assert.equal(run.status, "RUN_STATUS_SUCCEEDED");
+    const target = join(data.path, "restore-after-rotation");
+    const restored = await stack.cliJson(["restore", first.snapshotId, "--to", target]);
+    assert.equal(restored.verified, true);
+
+    const keyFileSlot = keys.slots.find((s: any) => s.type === "keyfile").id;
+    await stack.cliJson(["key", "remove", keyFileSlot.slice(0, 12), "--repo", "main"]);
+    const last = await stack.cli(["key", "remove", keys.slots.find((s: any) => s.inUse).id, "--repo", "main"]);
+    assert.notEqual(last.code, 0);
+    assert.match(last.stderr, /last key slot|in use/);
+    const denied = await stack.cli(["key", "list", "--repo", "main"], {
+      IOTVAULT_PASSWORD_FILE: "",
+      IOTVAULT_KEY_FILE: keyFile,
+    });
+    assert.notEqual(denied.code, 0);
+    assert.match(denied.stderr, /key file does not open/);
+  });
+
   it("redelivers the work of an executor killed mid-run, and the run completes without re-uploading stored packs", async () => {
     const big = join(data.path, "big");
     await mkdir(big, { recursive: true });

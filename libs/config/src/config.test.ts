@@ -29,7 +29,9 @@ describe("configuration", () => {
     assert.equal(c.home, "/srv/iv");
     assert.throws(
       () => parseConfig({}, { env: { IOTVAULT_CATALOG_LISTEN: "nonsense" } }),
-      (e: unknown) => isCode(e, "CONFIG_INVALID") && /services\.catalog\.listen \(from IOTVAULT_CATALOG_LISTEN\): expected host:port/.test(e.message),
+      (e: unknown) =>
+        isCode(e, "CONFIG_INVALID") &&
+        /services\.catalog\.listen \(from IOTVAULT_CATALOG_LISTEN\): expected host:port/.test(e.message),
     );
     assert.throws(
       () => parseConfig({}, { env: { IOTVAULT_MAX_DELIVER: "many" } }),
@@ -46,7 +48,10 @@ describe("configuration", () => {
         /database\.url: expected a URL with scheme postgres/.test(e.message) &&
         /colour|Unrecognized key/i.test(e.message),
     );
-    assert.throws(() => parseConfig([1, 2]), (e: unknown) => isCode(e, "CONFIG_INVALID"));
+    assert.throws(
+      () => parseConfig([1, 2]),
+      (e: unknown) => isCode(e, "CONFIG_INVALID"),
+    );
   });
 
   it("reads the file named by IOTVAULT_CONFIG, with a clear error for bad YAML or a missing file", async () => {
@@ -59,8 +64,14 @@ describe("configuration", () => {
       assert.equal(c.repository.packSizeMiB, 8);
       assert.equal(c.configFile, file);
       await writeFile(file, "site: [unclosed\n");
-      assert.throws(() => loadConfig({ IOTVAULT_CONFIG: file }), (e: unknown) => isCode(e, "CONFIG_INVALID") && /not valid YAML/.test(e.message));
-      assert.throws(() => loadConfig({ IOTVAULT_CONFIG: join(dir.path, "missing.yaml") }), (e: unknown) => isCode(e, "CONFIG_INVALID") && /cannot read/.test(e.message));
+      assert.throws(
+        () => loadConfig({ IOTVAULT_CONFIG: file }),
+        (e: unknown) => isCode(e, "CONFIG_INVALID") && /not valid YAML/.test(e.message),
+      );
+      assert.throws(
+        () => loadConfig({ IOTVAULT_CONFIG: join(dir.path, "missing.yaml") }),
+        (e: unknown) => isCode(e, "CONFIG_INVALID") && /cannot read/.test(e.message),
+      );
       // <home>/config.yaml is picked up without IOTVAULT_CONFIG.
       await writeFile(join(dir.path, "config.yaml"), "site: from-home\n");
       assert.equal(loadConfig({ IOTVAULT_HOME: dir.path }).site, "from-home");
@@ -86,7 +97,10 @@ describe("repository passphrase", () => {
         (e: unknown) => isCode(e, "FAILED_PRECONDITION") && e.hint !== undefined && /IOTVAULT_PASSWORD/.test(e.hint),
       );
       await writeFile(file, "\n");
-      assert.throws(() => readRepositoryPassword({ IOTVAULT_PASSWORD_FILE: file }), (e: unknown) => isCode(e, "FAILED_PRECONDITION") && /empty/.test(e.message));
+      assert.throws(
+        () => readRepositoryPassword({ IOTVAULT_PASSWORD_FILE: file }),
+        (e: unknown) => isCode(e, "FAILED_PRECONDITION") && /empty/.test(e.message),
+      );
       const missing = join(dir.path, "nope");
       assert.throws(
         () => readRepositoryPassword({ IOTVAULT_PASSWORD_FILE: missing }),

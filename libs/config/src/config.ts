@@ -78,6 +78,8 @@ const schema = z
       .object({
         /** Read the repository passphrase from this file (overridden by IOTVAULT_PASSWORD_FILE). */
         passwordFile: z.string().optional(),
+        /** Open repositories with this key file instead (overridden by IOTVAULT_KEY_FILE). */
+        keyFile: z.string().optional(),
         /** Target size of a pack in MiB. */
         packSizeMiB: z.number().int().min(1).max(128).default(16),
         /** zstd level for chunks (1 fastest .. 19 smallest). */
@@ -251,6 +253,7 @@ export function parseConfig(raw: unknown, opts: { env?: Env; file?: string | und
     repository: {
       ...data.repository,
       ...(data.repository.passwordFile ? { passwordFile: abs(data.repository.passwordFile) } : {}),
+      ...(data.repository.keyFile ? { keyFile: abs(data.repository.keyFile) } : {}),
     },
     home,
     configFile: opts.file,

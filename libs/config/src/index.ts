@@ -20,4 +20,10 @@ export {
   type ServiceName,
   type UserConfig,
 } from "./config.js";
-export { readRepositoryPassword, type PasswordSource } from "./secrets.js";
+export {
+  readKeyFile,
+  readRepositoryPassword,
+  readRepositorySecret,
+  type PasswordSource,
+  type RepositorySecretValue,
+} from "./secrets.js";

@@ -35,8 +35,10 @@ export class RepoCore {
     readonly store: ObjectStore,
     readonly config: RepositoryConfig,
     private keyring: Keyring,
-    private readonly masterKey: Buffer,
+    private masterKey: Buffer,
     readonly options: ResolvedOptions,
+    /** The key slot this process opened the repository with. */
+    public openedSlot: string,
   ) {
     this.gear = gearTable(keyring.chunkerSecret);
     this.keys = keyMap(keyring);
@@ -83,7 +85,12 @@ export class RepoCore {
       throw toIotvaultError(err, "reading the keyring");
     }
     const fresh = openKeyring(this.masterKey, bytes);
-    if (!fresh) throw corrupt("the keyring object no longer opens with this repository's master key");
+    if (!fresh) {
+      throw new IotvaultError("FAILED_PRECONDITION", "the repository's keys were rotated after it was opened here", {
+        hint: "open the repository again (the operation can be retried)",
+        retryable: true,
+      });
+    }
     this.keyring = fresh;
     this.keys = keyMap(fresh);
   }
@@ -92,7 +99,21 @@ export class RepoCore {
   checkConfigObject(bytes: Uint8Array): void {
     const { config, mac } = decodeConfig(bytes);
     if (config.id !== this.config.id) throw corrupt("the config names another repository id");
-    verifyConfigMac(config, mac, configMacKey(this.masterKey));
+    verifyConfigMac(config, mac, configMacKey(this.keyring.macKey));
+  }
+
+  /** The keys, for key management (key-admin.ts) only. */
+  secretKeys(): { masterKey: Buffer; keyring: Keyring } {
+    return { masterKey: this.masterKey, keyring: this.keyring };
+  }
+
+  /** After a rotation: the new master key and keyring (the old ones are wiped). */
+  replaceKeys(masterKey: Buffer, keyring: Keyring, openedSlot: string): void {
+    if (masterKey !== this.masterKey) this.masterKey.fill(0);
+    this.masterKey = masterKey;
+    this.keyring = keyring;
+    this.keys = keyMap(keyring);
+    this.openedSlot = openedSlot;
   }
 
   close(): void {

@@ -21,4 +21,6 @@ export type { BackupStatsInfo, BackupTypeName, SnapshotManifest, SnapshotMeta, T
 export { comparePaths, unsafePathReason, type NodeType, type TreeNode } from "./tree.js";
 export type { VerifyOptions, VerifyProblem, VerifyProblemKind, VerifyProgressInfo, VerifyReport } from "./verify.js";
 export { FORMAT_VERSION } from "./format.js";
+export { MIN_KEY_FILE_BYTES, type RepositorySecret } from "./keys.js";
+export type { KeyListing, RotateOptions, RotateResult } from "./key-admin.js";
 export type { ChunkerParams } from "./config.js";

@@ -9,7 +9,7 @@
  * the keyring or data; rotating adds an encryption key to the keyring and makes it current
  * (old blobs stay readable with their key id). No key material ever appears in a message.
  */
-import { createHmac, randomBytes, scrypt as scryptCallback, type ScryptOptions } from "node:crypto";
+import { createHmac, hkdfSync, randomBytes, scrypt as scryptCallback, type ScryptOptions } from "node:crypto";
 import { IotvaultError } from "@iotvault/errors";
 import { context, describeOpenFailure, open, seal } from "./envelope.js";
 import { FORMAT_VERSION, SCRYPT_LIMITS, corrupt, isId, keySlotKey, parseJsonObject } from "./format.js";
@@ -126,9 +126,12 @@ export function openKeyring(masterKey: Uint8Array, bytes: Uint8Array): Keyring |
   return decodeKeyring(result.plain);
 }
 
-/** The key that authenticates the (plain-text) config object. */
-export function configMacKey(masterKey: Uint8Array): Buffer {
-  return createHmac("sha256", masterKey).update("iotvault.v1.config-mac").digest();
+/**
+ * The key that authenticates the (plain-text) config object, derived from the keyring's MAC
+ * key, which never changes: rotating the master key does not rewrite the config.
+ */
+export function configMacKey(keyringMacKey: Uint8Array): Buffer {
+  return createHmac("sha256", keyringMacKey).update("iotvault.v1.config-mac").digest();
 }
 
 // ---- key slots -------------------------------------------------------------------------------
@@ -140,13 +143,61 @@ export interface ScryptParams {
   salt: Buffer;
 }
 
-export interface KeySlot {
-  id: string;
-  type: "passphrase";
-  createdAt: string;
-  kdf: ScryptParams;
-  /** Envelope of the master key, sealed with the slot key, bound to `keys/<id>`. */
-  wrapped: Buffer;
+export type KeySlot =
+  | {
+      id: string;
+      type: "passphrase";
+      createdAt: string;
+      kdf: ScryptParams;
+      /** Envelope of the master key, sealed with the slot key, bound to `keys/<id>`. */
+      wrapped: Buffer;
+    }
+  | {
+      id: string;
+      type: "keyfile";
+      createdAt: string;
+      /** HKDF-SHA256 salt; the key file holds >= 32 random bytes, so no slow KDF is needed. */
+      salt: Buffer;
+      wrapped: Buffer;
+    };
+
+/** What opens a repository: a passphrase, or the bytes of a key file. */
+export type RepositorySecret = Uint8Array | { keyFile: Uint8Array };
+
+/** Key files must carry at least this many bytes (of randomness: `iotvault key add --new-key-file` writes 64). */
+export const MIN_KEY_FILE_BYTES = 32;
+
+export function isKeyFileSecret(secret: RepositorySecret): secret is { keyFile: Uint8Array } {
+  return !(secret instanceof Uint8Array);
+}
+
+function keyFileSlotKey(keyFile: Uint8Array, salt: Uint8Array): Buffer {
+  return Buffer.from(hkdfSync("sha256", keyFile, salt, "iotvault.v1.keyfile-slot", KEY_BYTES));
+}
+
+/** Makes a key-file slot that wraps `masterKey`. */
+export function createKeyFileSlot(keyFile: Uint8Array, masterKey: Uint8Array): KeySlot {
+  if (keyFile.length < MIN_KEY_FILE_BYTES) {
+    throw new IotvaultError("INVALID_ARGUMENT", `a key file must hold at least ${MIN_KEY_FILE_BYTES} bytes`, {
+      hint: "create one with `iotvault key add --new-key-file PATH`",
+    });
+  }
+  const id = randomBytes(32).toString("hex");
+  const salt = randomBytes(32);
+  const slotKey = keyFileSlotKey(keyFile, salt);
+  try {
+    const wrapped = seal(slotKey, 0, context.object(keySlotKey(id)), masterKey);
+    return { id, type: "keyfile", createdAt: new Date().toISOString(), salt, wrapped };
+  } finally {
+    slotKey.fill(0);
+  }
+}
+
+/** A new slot of the secret's kind that wraps `masterKey`. */
+export async function createSlot(secret: RepositorySecret, masterKey: Uint8Array, logN: number): Promise<KeySlot> {
+  return isKeyFileSecret(secret)
+    ? createKeyFileSlot(secret.keyFile, masterKey)
+    : createPassphraseSlot(secret, masterKey, logN);
 }
 
 function scrypt(password: Uint8Array, params: ScryptParams): Promise<Buffer> {
@@ -190,6 +241,19 @@ export async function createPassphraseSlot(
 }
 
 export function encodeSlot(slot: KeySlot): Buffer {
+  if (slot.type === "keyfile") {
+    return Buffer.from(
+      JSON.stringify({
+        version: FORMAT_VERSION,
+        id: slot.id,
+        type: slot.type,
+        createdAt: slot.createdAt,
+        kdf: { algorithm: "hkdf-sha256", salt: slot.salt.toString("base64") },
+        masterKey: slot.wrapped.toString("base64"),
+      }),
+      "utf8",
+    );
+  }
   return Buffer.from(
     JSON.stringify({
       version: FORMAT_VERSION,
@@ -209,6 +273,15 @@ export function decodeSlot(bytes: Uint8Array, id: string): KeySlot | undefined {
   const obj = parseJsonObject(bytes, what);
   if (obj["version"] !== FORMAT_VERSION) throw newerOrCorrupt(what, obj["version"]);
   if (obj["id"] !== id) throw corrupt(`${what} names another slot id`);
+  const createdAt = typeof obj["createdAt"] === "string" ? obj["createdAt"] : "";
+  const wrappedKey = typeof obj["masterKey"] === "string" ? Buffer.from(obj["masterKey"], "base64") : Buffer.alloc(0);
+  if (obj["type"] === "keyfile") {
+    const k = obj["kdf"] as Record<string, unknown> | undefined;
+    const keySalt = typeof k?.["salt"] === "string" ? Buffer.from(k["salt"], "base64") : Buffer.alloc(0);
+    if (k?.["algorithm"] !== "hkdf-sha256" || keySalt.length < 16)
+      throw corrupt(`${what} has a malformed key-file KDF`);
+    return { id, type: "keyfile", createdAt, salt: keySalt, wrapped: wrappedKey };
+  }
   if (obj["type"] !== "passphrase") return undefined;
   const kdf = obj["kdf"] as Record<string, unknown> | undefined;
   const N = kdf?.["N"];
@@ -232,19 +305,19 @@ export function decodeSlot(bytes: Uint8Array, id: string): KeySlot | undefined {
     p <= SCRYPT_LIMITS.maxP &&
     salt.length >= 16;
   if (!validKdf) throw corrupt(`${what} has missing or out-of-range scrypt parameters`);
-  const wrapped = typeof obj["masterKey"] === "string" ? Buffer.from(obj["masterKey"], "base64") : Buffer.alloc(0);
-  return {
-    id,
-    type: "passphrase",
-    createdAt: typeof obj["createdAt"] === "string" ? obj["createdAt"] : "",
-    kdf: { N, r, p, salt },
-    wrapped,
-  };
+  return { id, type: "passphrase", createdAt, kdf: { N, r, p, salt }, wrapped: wrappedKey };
 }
 
-/** The master key, or undefined when the passphrase does not open this slot. */
-export async function unlockSlot(slot: KeySlot, password: Uint8Array): Promise<Buffer | undefined> {
-  const slotKey = await scrypt(password, slot.kdf);
+/** The master key, or undefined when the secret does not open this slot (or is of another kind). */
+export async function unlockSlot(slot: KeySlot, secret: RepositorySecret): Promise<Buffer | undefined> {
+  let slotKey: Buffer;
+  if (slot.type === "keyfile") {
+    if (!isKeyFileSecret(secret)) return undefined;
+    slotKey = keyFileSlotKey(secret.keyFile, slot.salt);
+  } else {
+    if (isKeyFileSecret(secret)) return undefined;
+    slotKey = await scrypt(secret, slot.kdf);
+  }
   try {
     const result = open(slot.wrapped, context.object(keySlotKey(slot.id)), (id) => (id === 0 ? slotKey : undefined));
     if (!result.ok) return undefined;

@@ -22,7 +22,9 @@ import {
 import {
   checkScryptLogN,
   configMacKey,
-  createPassphraseSlot,
+  createSlot,
+  isKeyFileSecret,
+  type RepositorySecret,
   decodeSlot,
   encodeSlot,
   generateKeyring,
@@ -31,6 +33,15 @@ import {
   unlockSlot,
   type Keyring,
 } from "./keys.js";
+import {
+  addKey,
+  listKeys,
+  removeKey,
+  rotateKeys,
+  type KeyListing,
+  type RotateOptions,
+  type RotateResult,
+} from "./key-admin.js";
 import { listIds, loadAllIndexes, loadManifest } from "./manifests.js";
 import { readFile, readTree } from "./reader.js";
 import { InlineSealer, type ChunkSealer } from "./sealer.js";
@@ -93,12 +104,18 @@ const noRepository = (store: ObjectStore): IotvaultError =>
     hint: "check the repository URL, or initialise it with `iotvault repo init`",
   });
 
-const wrongKey = (store: ObjectStore, slots: number): IotvaultError =>
-  new IotvaultError(
-    "WRONG_KEY",
-    `the passphrase does not open any of the ${slots} key slot(s) of the repository at ${store.location}`,
-    { hint: "check IOTVAULT_PASSWORD / IOTVAULT_PASSWORD_FILE" },
-  );
+const wrongKey = (store: ObjectStore, slots: number, secret: RepositorySecret): IotvaultError =>
+  isKeyFileSecret(secret)
+    ? new IotvaultError(
+        "WRONG_KEY",
+        `the key file does not open any of the ${slots} key slot(s) of the repository at ${store.location}`,
+        { hint: "check IOTVAULT_KEY_FILE (or repository.keyFile), or use the passphrase" },
+      )
+    : new IotvaultError(
+        "WRONG_KEY",
+        `the passphrase does not open any of the ${slots} key slot(s) of the repository at ${store.location}`,
+        { hint: "check IOTVAULT_PASSWORD / IOTVAULT_PASSWORD_FILE" },
+      );
 
 /**
  * A repository in format v1 on any ObjectStore.
@@ -121,7 +138,11 @@ export class Repository {
   ) {}
 
   /** Creates a repository with one passphrase slot; ALREADY_EXISTS when the store has one. */
-  static async init(store: ObjectStore, password: Uint8Array, options: RepositoryOptions = {}): Promise<Repository> {
+  static async init(
+    store: ObjectStore,
+    password: RepositorySecret,
+    options: RepositoryOptions = {},
+  ): Promise<Repository> {
     const resolved = resolveOptions(options);
     if (await Repository.exists(store)) {
       throw new IotvaultError("ALREADY_EXISTS", `an iotvault repository already exists at ${store.location}`, {
@@ -131,12 +152,12 @@ export class Repository {
     const config = newConfig(options.chunker);
     const keyring = generateKeyring(config.id);
     const masterKey = randomBytes(32);
-    const slot = await createPassphraseSlot(password, masterKey, resolved.scryptLogN);
+    const slot = await createSlot(password, masterKey, resolved.scryptLogN);
     try {
       // Order: key slot and keyring before config; the config's presence means "a repository is here".
       await store.put(keySlotKey(slot.id), encodeSlot(slot));
       await store.put(KEYS.keyring, sealKeyring(masterKey, keyring));
-      const { existed } = await store.put(KEYS.config, encodeConfig(config, configMacKey(masterKey)), {
+      const { existed } = await store.put(KEYS.config, encodeConfig(config, configMacKey(keyring.macKey)), {
         ifAbsent: true,
       });
       if (existed)
@@ -144,16 +165,23 @@ export class Repository {
     } catch (err) {
       throw storeError(err, `initialising the repository at ${store.location}`);
     }
-    return Repository.fromKeys(store, config, keyring, masterKey, resolved);
+    return Repository.fromKeys(store, config, keyring, masterKey, resolved, slot.id);
   }
 
-  /** Opens a repository, trying the passphrase on every key slot; loads all index files. */
-  static async open(store: ObjectStore, password: Uint8Array, options: RepositoryOptions = {}): Promise<Repository> {
+  /**
+   * Opens a repository, trying the secret (a passphrase, or `{ keyFile }`) on every key slot of
+   * its kind; loads all index files.
+   */
+  static async open(
+    store: ObjectStore,
+    password: RepositorySecret,
+    options: RepositoryOptions = {},
+  ): Promise<Repository> {
     const resolved = resolveOptions(options);
     const { config, mac } = decodeConfig(await getConfig(store));
-    const { keyring, masterKey } = await unlock(store, password, config);
-    verifyConfigMac(config, mac, configMacKey(masterKey));
-    const repo = Repository.fromKeys(store, config, keyring, masterKey, resolved);
+    const { keyring, masterKey, slotId } = await unlock(store, password, config);
+    verifyConfigMac(config, mac, configMacKey(keyring.macKey));
+    const repo = Repository.fromKeys(store, config, keyring, masterKey, resolved, slotId);
     try {
       await loadAllIndexes(repo.core);
     } catch (err) {
@@ -177,8 +205,9 @@ export class Repository {
     keyring: Keyring,
     masterKey: Buffer,
     options: ResolvedOptions,
+    openedSlot: string,
   ): Repository {
-    const core = new RepoCore(store, config, keyring, masterKey, options);
+    const core = new RepoCore(store, config, keyring, masterKey, options, openedSlot);
     const sealer =
       options.workers > 1
         ? new WorkerSealer(options.workers, options.compressionLevel, keyring.macKey)
@@ -291,6 +320,33 @@ export class Repository {
     return new BackupSession(this.core, this.sealer, id, options);
   }
 
+  /** The key slots and data-encryption keys (ids and dates only, never key material). */
+  async listKeys(): Promise<KeyListing> {
+    this.checkOpen();
+    return listKeys(this.core);
+  }
+
+  /** Adds a key slot (passphrase or key file) that opens this repository; returns its id. */
+  async addKey(secret: RepositorySecret): Promise<string> {
+    this.checkOpen();
+    return addKey(this.core, secret);
+  }
+
+  /** Removes a key slot; refuses the last one and the one this process opened with. */
+  async removeKey(slotId: string): Promise<void> {
+    this.checkOpen();
+    return removeKey(this.core, slotId);
+  }
+
+  /**
+   * A new data-encryption key for new data and a new master key; see key-admin.ts. Existing
+   * packs are not rewritten: old snapshots stay readable with the old data keys.
+   */
+  async rotateKeys(options: RotateOptions): Promise<RotateResult> {
+    this.checkOpen();
+    return rotateKeys(this.core, options);
+  }
+
   async verify(options: VerifyOptions = {}): Promise<VerifyReport> {
     this.checkOpen();
     return verifyRepository(this.core, options, (prefix) => this.resolveSnapshotId(prefix));
@@ -325,9 +381,9 @@ async function getConfig(store: ObjectStore): Promise<Buffer> {
  */
 async function unlock(
   store: ObjectStore,
-  password: Uint8Array,
+  password: RepositorySecret,
   config: RepositoryConfig,
-): Promise<{ keyring: Keyring; masterKey: Buffer }> {
+): Promise<{ keyring: Keyring; masterKey: Buffer; slotId: string }> {
   const slotIds = await listIds(store, KEYS.keySlotPrefix);
   if (slotIds.length === 0) {
     throw new IotvaultError("FAILED_PRECONDITION", `the repository at ${store.location} has no key slots`, {
@@ -355,8 +411,8 @@ async function unlock(
     const keyring = openKeyring(masterKey, keyringBytes);
     if (!keyring) continue; // a slot left over from another keyring (e.g. an interrupted init)
     if (keyring.repositoryId !== config.id) throw corrupt("the keyring belongs to another repository");
-    return { keyring, masterKey };
+    return { keyring, masterKey, slotId };
   }
   if (tried === 0 && firstError !== undefined) throw storeError(firstError, "reading the key slots");
-  throw wrongKey(store, slotIds.length);
+  throw wrongKey(store, slotIds.length, password);
 }

@@ -20,7 +20,13 @@ import {
   type BackupRequested,
   type BackupStats,
 } from "@iotvault/proto";
-import { Repository, type BackupStatsInfo, type BackupTypeName, type SnapshotManifest } from "@iotvault/repo";
+import {
+  Repository,
+  type RepositorySecret,
+  type BackupStatsInfo,
+  type BackupTypeName,
+  type SnapshotManifest,
+} from "@iotvault/repo";
 import type { ObjectStore } from "@iotvault/storage";
 import { backupDirectory, parseSourceUrl } from "@iotvault/sources";
 import type { Logger } from "@iotvault/telemetry";
@@ -29,7 +35,8 @@ export interface BackupRunDeps {
   bus: Bus;
   /** The ObjectStore of a repository (through the storage-gateway). */
   storeFor(repository: string): ObjectStore;
-  password(): Buffer;
+  /** The secret repositories are opened with (passphrase or key file); read on every use. */
+  password(): RepositorySecret;
   repositoryOptions: { scryptLogN: number; packSizeBytes: number; compressionLevel: number; workers: number };
   maxDeliver: number;
   progressIntervalMs: number;

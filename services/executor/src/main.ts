@@ -5,7 +5,7 @@
  * progress be redelivered elsewhere (it resumes from its indexed packs), exit.
  */
 import { Bus } from "@iotvault/bus";
-import { loadConfig, readRepositoryPassword } from "@iotvault/config";
+import { loadConfig, readRepositorySecret } from "@iotvault/config";
 import { BackupRequested, STREAMS, SUBJECTS, StorageGatewayServiceClient } from "@iotvault/proto";
 import { GatewayObjectStore, createClient, startGrpcServer } from "@iotvault/rpc";
 import { createLogger, startTelemetry } from "@iotvault/telemetry";
@@ -46,7 +46,7 @@ const consumer = await bus.consume({
       {
         bus,
         storeFor: (repository) => new GatewayObjectStore(gateway, repository, { address: gatewayAddress }),
-        password: () => readRepositoryPassword(process.env, config.repository.passwordFile).password,
+        password: () => readRepositorySecret(process.env, config.repository),
         repositoryOptions: {
           scryptLogN: config.repository.scryptLogN,
           packSizeBytes: config.repository.packSizeMiB << 20,

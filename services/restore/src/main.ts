@@ -4,7 +4,7 @@
  * publishes restore.* and verify.* events.
  */
 import { Bus } from "@iotvault/bus";
-import { loadConfig, readRepositoryPassword } from "@iotvault/config";
+import { loadConfig, readRepositorySecret } from "@iotvault/config";
 import {
   RestoreServiceService,
   StorageGatewayServiceClient,
@@ -40,7 +40,7 @@ const gateway = createClient(StorageGatewayServiceClient, gatewayAddress);
 const deps: OperationDeps = {
   bus,
   storeFor: (repository) => new GatewayObjectStore(gateway, repository, { address: gatewayAddress }),
-  password: () => readRepositoryPassword(process.env, config.repository.passwordFile).password,
+  password: () => readRepositorySecret(process.env, config.repository),
   repositoryOptions: { scryptLogN: config.repository.scryptLogN, workers: config.repository.workers },
   logger,
 };

@@ -20,7 +20,7 @@ import {
   type VerifyRequest,
   type VerifyResult,
 } from "@iotvault/proto";
-import { Repository } from "@iotvault/repo";
+import { Repository, type RepositorySecret } from "@iotvault/repo";
 import { restoreToDirectory } from "@iotvault/sources";
 import type { ObjectStore } from "@iotvault/storage";
 import type { Logger } from "@iotvault/telemetry";
@@ -28,7 +28,8 @@ import type { Logger } from "@iotvault/telemetry";
 export interface OperationDeps {
   bus: Bus;
   storeFor(repository: string): ObjectStore;
-  password(): Buffer;
+  /** The secret repositories are opened with (passphrase or key file); read on every use. */
+  password(): RepositorySecret;
   repositoryOptions: { scryptLogN: number; workers: number };
   logger: Logger;
 }
