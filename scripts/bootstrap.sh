@@ -6,7 +6,11 @@
 #     compiler tool chain for native addons (zstd-napi, ssh2).
 #   - npm ci when node_modules is missing or the lock file changed.
 #   - tsc -b (type-check and build every package).
+# With --test (used by test.sh) it also installs what the integration tests start as real
+# servers: openssh-server (SFTP target) and Ceph's radosgw (S3 target).
 set -euo pipefail
+with_test_deps=false
+[ "${1:-}" = "--test" ] && with_test_deps=true
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
@@ -49,6 +53,10 @@ apt_install() {
   command -v g++ >/dev/null || missing+=(g++)
   command -v python3 >/dev/null || missing+=(python3)
   command -v runuser >/dev/null || missing+=(util-linux)
+  if $with_test_deps; then
+    [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+    command -v radosgw >/dev/null || missing+=(radosgw ceph-mon ceph-osd)
+  fi
   if [ ${#missing[@]} -gt 0 ]; then
     say "installing Debian packages: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive

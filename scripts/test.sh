@@ -5,7 +5,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-bash scripts/bootstrap.sh
+bash scripts/bootstrap.sh --test
 echo "==> proto: buf lint and generated-code drift" >&2
 bash scripts/gen-proto.sh --check
 echo "==> lint (eslint) and format (prettier)" >&2

@@ -55,7 +55,12 @@ describe("iotvault stack (embedded default)", { timeout: 300_000 }, () => {
   it("starts NATS, PostgreSQL and the five services, runs a backup, and stops only what it started", async () => {
     const up = await cli(["stack", "up", "--json"]);
     assert.equal(up.code, 0, up.stderr);
-    const components = JSON.parse(up.stdout).components as { name: string; state: string; pid?: number; managed: boolean }[];
+    const components = JSON.parse(up.stdout).components as {
+      name: string;
+      state: string;
+      pid?: number;
+      managed: boolean;
+    }[];
     assert.equal(components.length, 7);
     for (const c of components) {
       assert.equal(c.state, "running", `${c.name}: ${JSON.stringify(c)}`);
@@ -78,7 +83,15 @@ describe("iotvault stack (embedded default)", { timeout: 300_000 }, () => {
 
     const down = await cli(["stack", "down", "--json"]);
     assert.equal(down.code, 0, down.stderr);
-    assert.deepEqual(JSON.parse(down.stdout).stopped.sort(), ["catalog", "executor", "nats", "postgres", "restore", "scheduler", "storage-gateway"]);
+    assert.deepEqual(JSON.parse(down.stdout).stopped.sort(), [
+      "catalog",
+      "executor",
+      "nats",
+      "postgres",
+      "restore",
+      "scheduler",
+      "storage-gateway",
+    ]);
     for (const c of components) if (c.pid) assert.equal(isAlive(c.pid), false, `${c.name} (pid ${c.pid}) still runs`);
 
     const status = await cli(["stack", "status", "--json"]);

@@ -26,7 +26,12 @@ describe("errors", () => {
 
   it("round-trips through the wire form", () => {
     const info = toErrorInfo(new IotvaultError("WRONG_KEY", "wrong passphrase", { hint: "check IOTVAULT_PASSWORD" }));
-    assert.deepEqual(info, { code: "WRONG_KEY", message: "wrong passphrase", retryable: false, hint: "check IOTVAULT_PASSWORD" });
+    assert.deepEqual(info, {
+      code: "WRONG_KEY",
+      message: "wrong passphrase",
+      retryable: false,
+      hint: "check IOTVAULT_PASSWORD",
+    });
     const back = fromErrorInfo(info);
     assert.ok(isCode(back, "WRONG_KEY"));
     assert.equal(back.hint, "check IOTVAULT_PASSWORD");
