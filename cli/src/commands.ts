@@ -31,6 +31,15 @@ import { stackDown, stackStatus, stackUp } from "./stack.js";
 
 const short = (id: string) => id.slice(0, 12);
 
+/** A positive number option (--limit, --timeout), with a clear error otherwise. */
+function positive(value: string | undefined, name: string, fallback: number): number {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  if (!Number.isFinite(n) || n <= 0)
+    throw new IotvaultError("INVALID_ARGUMENT", `${name} must be a positive number, got "${value}"`);
+  return n;
+}
+
 function parseType(value: string | undefined): BackupType {
   if (!value) return BackupType.BACKUP_TYPE_UNSPECIFIED;
   const t = backupTypeFromJSON(`BACKUP_TYPE_${value.toUpperCase()}`);
@@ -326,7 +335,7 @@ export async function backup(ctx: Context, argv: string[]): Promise<void> {
     );
     return;
   }
-  const timeoutMs = Number(str(p, "timeout") ?? "3600") * 1000;
+  const timeoutMs = positive(str(p, "timeout"), "--timeout", 3600) * 1000;
   const run = await waitForRun(ctx, res.runId, timeoutMs);
   const stats = run.stats;
   ctx.print(Run.toJSON(run), () => {
@@ -397,7 +406,7 @@ export async function runs(ctx: Context, argv: string[]): Promise<void> {
   const res = await callUnary(c, "listRuns", {
     job: str(p, "job") ?? "",
     status: 0,
-    limit: Number(str(p, "limit") ?? 20),
+    limit: positive(str(p, "limit"), "--limit", 20),
   });
   ctx.print(
     res.runs.map((r) => Run.toJSON(r)),
@@ -425,7 +434,7 @@ export async function snapshots(ctx: Context, argv: string[]): Promise<void> {
   const res = await callUnary(c, "listSnapshots", {
     job: str(p, "job") ?? "",
     repository: str(p, "repo") ?? "",
-    limit: Number(str(p, "limit") ?? 50),
+    limit: positive(str(p, "limit"), "--limit", 50),
   });
   ctx.print(
     res.snapshots.map((s) => Snapshot.toJSON(s)),
@@ -604,11 +613,10 @@ export async function sample(ctx: Context, argv: string[]): Promise<void> {
   const usage = "iotvault sample <dir> [--size-mib N] [--seed N]";
   const p = parse(argv, { "size-mib": { type: "string" }, seed: { type: "string" } }, usage);
   const dir = resolve(p.positionals[0] ?? (await mkdtemp("/tmp/iotvault-sample-")));
-  const sizeMiB = Number(str(p, "size-mib") ?? "32");
-  if (!(sizeMiB > 0)) throw new IotvaultError("INVALID_ARGUMENT", "--size-mib must be a positive number");
+  const sizeMiB = positive(str(p, "size-mib"), "--size-mib", 32);
   const summary = await makeGatewayTree(dir, {
     sizeBytes: Math.round(sizeMiB * 1048576),
-    seed: Number(str(p, "seed") ?? "1"),
+    seed: positive(str(p, "seed"), "--seed", 1),
   });
   ctx.print(
     { dir, ...summary },

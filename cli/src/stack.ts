@@ -4,6 +4,7 @@
  * is recorded under <IOTVAULT_HOME>/run (pid files) with logs under <IOTVAULT_HOME>/logs, and
  * `stack down` stops exactly that, nothing else.
  */
+import { randomBytes } from "node:crypto";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -16,6 +17,7 @@ import {
   isPortOpen,
   readPidFile,
   removeFile,
+  runsCommand,
   startDetached,
   startNatsServer,
   startPrivatePostgres,
@@ -26,6 +28,21 @@ import { checkHealth } from "@iotvault/rpc";
 
 /** Start order: storage first, then the catalog that records events, then the producers. */
 const START_ORDER: readonly ServiceName[] = ["storage-gateway", "catalog", "scheduler", "executor", "restore"];
+
+/** Only these services open repositories: the others never see the repository secret. */
+const NEEDS_REPOSITORY_SECRET: ReadonlySet<ServiceName> = new Set(["executor", "restore"]);
+const SECRET_VARIABLES = ["IOTVAULT_PASSWORD", "IOTVAULT_PASSWORD_FILE", "IOTVAULT_KEY_FILE"];
+
+/** The environment a service is started with. */
+function serviceEnv(config: IotvaultConfig, name: ServiceName, env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  const out: NodeJS.ProcessEnv = { ...env, IOTVAULT_HOME: config.home };
+  if (!NEEDS_REPOSITORY_SECRET.has(name)) for (const v of SECRET_VARIABLES) delete out[v];
+  const pgPassword = join(config.paths.secrets, "postgres.pass");
+  if (name === "catalog" && fileExists(pgPassword) && !env["IOTVAULT_DATABASE_PASSWORD_FILE"]) {
+    out["IOTVAULT_DATABASE_PASSWORD_FILE"] = pgPassword;
+  }
+  return out;
+}
 
 export interface ComponentStatus {
   name: string;
@@ -72,9 +89,9 @@ export async function stackUp(
   for (const name of START_ORDER) {
     const address = config.addressOf(name);
     if ((await checkHealth(address, { deadlineMs: 1500 })) === "SERVING") continue;
-    const pid = readPidFile(pidFile(config, name));
-    if (pid && isAlive(pid)) await stopPid(pid, 5000); // alive but not answering: restart it
     const entry = serviceEntry(name);
+    const pid = readPidFile(pidFile(config, name));
+    if (pid && isAlive(pid)) await stopPid(pid, 5000, entry); // ours, alive but not answering: restart it
     if (!fileExists(entry)) {
       throw new IotvaultError("FAILED_PRECONDITION", `the ${name} service is not built (${entry} is missing)`, {
         hint: "run `npm run bootstrap` in the iotvault checkout",
@@ -84,7 +101,7 @@ export async function stackUp(
     startDetached({
       command: process.execPath,
       args: ["--enable-source-maps", entry],
-      env: { ...env, IOTVAULT_HOME: config.home },
+      env: serviceEnv(config, name, env),
       logFile: join(config.paths.logs, `${name}.log`),
       pidFile: pidFile(config, name),
     });
@@ -121,11 +138,15 @@ async function ensurePostgres(config: IotvaultConfig, log: (line: string) => voi
   }
   const dir = pgDir(config);
   log(`starting a private PostgreSQL cluster on ${host}:${port} (${dir})`);
-  await startPrivatePostgres({
-    host,
-    port,
-    dir,
-  });
+  // The cluster's password (scram over TCP) is generated once and kept with the other secrets;
+  // the catalog reads it from there (IOTVAULT_DATABASE_PASSWORD_FILE).
+  mkdirSync(config.paths.secrets, { recursive: true, mode: 0o700 });
+  const passwordFile = join(config.paths.secrets, "postgres.pass");
+  if (!fileExists(passwordFile)) {
+    const password = randomBytes(24).toString("base64url");
+    writeFileSync(passwordFile, `${password}\n`, { mode: 0o600 });
+  }
+  await startPrivatePostgres({ host, port, dir, passwordFile });
   // Marker: this cluster belongs to the stack and `stack down` stops it (the postmaster's own
   // pid file stays authoritative for its state).
   const pid = readPidFile(join(dir, "data", "postmaster.pid"));
@@ -163,14 +184,14 @@ export async function stackDown(config: IotvaultConfig, log: (line: string) => v
   for (const name of [...START_ORDER].reverse()) {
     const file = pidFile(config, name);
     const pid = readPidFile(file);
-    if (pid && (await stopPid(pid, 15_000))) {
+    if (pid && (await stopPid(pid, 15_000, serviceEntry(name)))) {
       log(`stopped ${name} (pid ${pid})`);
       stopped.push(name);
     }
     removeFile(file);
   }
   const natsPid = readPidFile(pidFile(config, "nats"));
-  if (natsPid && (await stopPid(natsPid, 10_000))) {
+  if (natsPid && (await stopPid(natsPid, 10_000, "nats-server"))) {
     log(`stopped nats-server (pid ${natsPid})`);
     stopped.push("nats");
   }
@@ -191,7 +212,7 @@ export async function stackStatus(config: IotvaultConfig): Promise<ComponentStat
     const address = config.addressOf(name);
     const pid = readPidFile(pidFile(config, name));
     const health = await checkHealth(address, { deadlineMs: 1500 });
-    const managed = pid !== undefined && isAlive(pid);
+    const managed = pid !== undefined && isAlive(pid) && runsCommand(pid, serviceEntry(name));
     out.push({
       name,
       kind: "service",

@@ -55,6 +55,15 @@ describe("deploy/compose.yaml (single node)", () => {
         assert.ok(compose.secrets[secret], `secret ${secret} is declared`);
     }
     assert.doesNotMatch(text, /:[^@/\s]+@postgres/, "no password in a database URL");
+    // Each secret goes only where it is needed.
+    const holders = (secret: string) =>
+      Object.entries(compose.services)
+        .filter(([, svc]) => (svc.secrets ?? []).includes(secret))
+        .map(([name]) => name)
+        .sort();
+    assert.deepEqual(holders("repository-password"), ["cli", "executor", "restore"]);
+    assert.deepEqual(holders("postgres-password"), ["catalog", "postgres"]);
+    assert.deepEqual(holders("minio-password"), ["minio"]);
   });
 
   it("ships a configuration file that the services accept", () => {

@@ -6,10 +6,11 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { once } from "node:events";
-import { rm, writeFile } from "node:fs/promises";
+import { readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { isAlive } from "@iotvault/host";
+import pg from "pg";
 import { freePort, tempDir, type TempDir } from "@iotvault/testing";
 import { CLI } from "./harness.js";
 
@@ -66,6 +67,23 @@ describe("iotvault stack (embedded default)", { timeout: 300_000 }, () => {
       assert.equal(c.state, "running", `${c.name}: ${JSON.stringify(c)}`);
       assert.equal(c.managed, true, `${c.name} was started by stack up`);
     }
+
+    // The repository secret reaches only the services that open repositories.
+    for (const c of components.filter((x) => x.pid && x.name !== "nats" && x.name !== "postgres")) {
+      const environ = await readFile(`/proc/${c.pid}/environ`, "utf8");
+      const has = environ.split("\0").some((v) => v.startsWith("IOTVAULT_PASSWORD_FILE="));
+      assert.equal(has, c.name === "executor" || c.name === "restore", `${c.name} sees the repository secret: ${has}`);
+    }
+    // The private PostgreSQL wants a password over TCP (no trust authentication).
+    const anonymous = new pg.Client({
+      host: "127.0.0.1",
+      port: pgPort,
+      user: "postgres",
+      database: "postgres",
+      password: "wrong",
+    });
+    await assert.rejects(anonymous.connect(), /password authentication failed/);
+    await anonymous.end().catch(() => undefined);
 
     // Idempotent: a second stack up starts nothing new.
     const again = await cli(["stack", "up"]);

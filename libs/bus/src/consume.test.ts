@@ -393,3 +393,32 @@ void test("consume() rejects invalid options and a missing stream with clear err
     await f.close();
   }
 });
+
+void test("the dead-letter hook hears of every dead letter, with the decoded payload when there is one", async () => {
+  const f = await busFixture();
+  try {
+    const notices: { subject: string; reason: string; runId: string | undefined }[] = [];
+    await f.bus.consume(
+      workConsumer({
+        handler: async () => {
+          throw new IotvaultError("INVALID_ARGUMENT", "bad source");
+        },
+        onDeadLetter: async (n) => {
+          notices.push({ subject: n.subject, reason: n.reason, runId: n.payload?.runId });
+          throw new Error("a failing hook is logged, not thrown");
+        },
+      }),
+    );
+    await publishWork(f.bus, "run-hook");
+    await publishRaw(f.bus, SUBJECTS.workBackup("site1"), "{broken", {
+      [EVENT_TYPE_HEADER]: "iotvault.v1.BackupRequested",
+    });
+    await waitFor(() => notices.length === 2 || undefined, { what: "two dead-letter notices" });
+    const byRun = notices.find((n) => n.runId === "run-hook");
+    assert.match(byRun?.reason ?? "", /permanent error: INVALID_ARGUMENT: bad source/);
+    const malformed = notices.find((n) => n.runId === undefined);
+    assert.match(malformed?.reason ?? "", /malformed payload/);
+  } finally {
+    await f.close();
+  }
+});

@@ -17,7 +17,7 @@ import { errorFields, stderrLogger } from "./logger.js";
 import { apiCode, JsCode, toBusError } from "./nats-errors.js";
 import { acceptedTypes, decodePayload, EVENT_TYPE_HEADER, MalformedPayload } from "./payload.js";
 import { inConsumerSpan, recordError } from "./trace.js";
-import type { BusLogger, BusMessage, ConsumeOptions, ConsumerHandle } from "./types.js";
+import type { BusLogger, BusMessage, ConsumeOptions, ConsumerHandle, DeadLetterNotice } from "./types.js";
 
 /** What a consumer needs from the Bus that owns it. */
 export interface ConsumerDeps {
@@ -58,6 +58,7 @@ interface Settings<T> {
   handler: (message: BusMessage<T>) => Promise<void>;
   spanName: (subject: string) => string;
   retryDelayMs: (deliveryCount: number) => number;
+  onDeadLetter: ((letter: DeadLetterNotice<T>) => Promise<void>) | undefined;
   logger: BusLogger;
 }
 
@@ -90,6 +91,7 @@ function compile<T>(options: ConsumeOptions<T>): Settings<T> {
     handler: options.handler,
     spanName: options.spanName ?? ((subject) => `consume ${subject}`),
     retryDelayMs: options.retryDelayMs ?? defaultRetryDelayMs,
+    onDeadLetter: options.onDeadLetter,
     logger: options.logger ?? stderrLogger,
   };
 }
@@ -448,6 +450,33 @@ export class BusConsumer<T> implements ConsumerHandle {
     }
     msg.term();
     logger.warn("message dead-lettered", this.fields(msg, { reason }));
+    await this.notifyDeadLetter(msg.subject, reason, deliveries, msg.data, headerRecord(msg.headers));
+  }
+
+  /** Tells the service a message was dead-lettered (see ConsumeOptions.onDeadLetter). */
+  private async notifyDeadLetter(
+    subject: string,
+    reason: string,
+    deliveries: number,
+    data: Uint8Array,
+    headers: Record<string, string>,
+  ): Promise<void> {
+    const hook = this.settings.onDeadLetter;
+    if (!hook) return;
+    let payload: T | undefined;
+    const codec = this.settings.types.get(headers[EVENT_TYPE_HEADER] ?? "");
+    if (codec) {
+      try {
+        payload = decodePayload(codec, data);
+      } catch {
+        payload = undefined;
+      }
+    }
+    try {
+      await hook({ subject, reason, deliveries, payload, headers });
+    } catch (err) {
+      this.settings.logger.error("the dead-letter hook failed", { subject, ...errorFields(err) });
+    }
   }
 
   private fields(msg: JsMsg, extra: Record<string, unknown>): Record<string, unknown> {
@@ -507,6 +536,7 @@ export class BusConsumer<T> implements ConsumerHandle {
       seq,
       deliveries,
     });
+    await this.notifyDeadLetter(stored.subject, reason, deliveries, stored.data, headerRecord(stored.header));
   }
 }
 

@@ -30,6 +30,7 @@ export type {
   BusOptions,
   ConsumeOptions,
   ConsumerHandle,
+  DeadLetterNotice,
   EnsureStreamsOptions,
   PublishOptions,
   PublishResult,

@@ -29,9 +29,21 @@ export function redactUrl(url: string): string {
 export function toBusError(err: unknown, context: string): IotvaultError {
   if (err instanceof IotvaultError) return err;
   if (err instanceof JetStreamApiError) {
-    return new IotvaultError("FAILED_PRECONDITION", `${context}: ${err.message} (JetStream API error ${err.code})`, {
-      cause: err,
-    });
+    const text = `${context}: ${err.message} (JetStream API error ${err.code})`;
+    // 5xx: the cluster is electing a leader, or the server is busy; insufficient resources: full store.
+    if (err.status >= 500) {
+      return new IotvaultError("UNAVAILABLE", text, {
+        cause: err,
+        hint: "JetStream is temporarily unavailable; retrying",
+      });
+    }
+    if (/insufficient (storage )?resources|maximum bytes|storage is full/i.test(err.message)) {
+      return new IotvaultError("RESOURCE_EXHAUSTED", text, {
+        cause: err,
+        hint: "the JetStream store is full: give nats-server more storage or shorten the events' max age",
+      });
+    }
+    return new IotvaultError("FAILED_PRECONDITION", text, { cause: err });
   }
   const name = err instanceof Error ? err.name : "";
   const message = `${context}: ${err instanceof Error ? err.message : String(err)}`;

@@ -70,7 +70,21 @@ export interface ConsumeOptions<T> {
   concurrency?: number;
   /** Delay before a retryable failure is redelivered (default 1 s, 2 s, 4 s ... capped at 30 s). */
   retryDelayMs?: (deliveryCount: number) => number;
+  /**
+   * Called after a message was dead-lettered (malformed, permanent failure, last delivery, or a
+   * worker that died on its last delivery), e.g. to announce that a run is over. `payload` is
+   * undefined when the message could not be decoded. Errors are logged, never thrown.
+   */
+  onDeadLetter?: (letter: DeadLetterNotice<T>) => Promise<void>;
   logger?: BusLogger;
+}
+
+export interface DeadLetterNotice<T> {
+  subject: string;
+  reason: string;
+  deliveries: number;
+  payload: T | undefined;
+  headers: Record<string, string>;
 }
 
 export interface BusMessage<T> {

@@ -52,6 +52,8 @@ const schema = z
       .object({
         /** The catalog's PostgreSQL database (created when missing). */
         url: urlWith(["postgres:", "postgresql:"]).default("postgres://postgres@127.0.0.1:5432/iotvault"),
+        /** A file holding the database password (kept out of the URL and of the config file). */
+        passwordFile: z.string().optional(),
       })
       .strict()
       .prefault({}),
@@ -95,8 +97,13 @@ const schema = z
       .object({
         /** Time a worker has to ack or signal progress before a work item is redelivered. */
         ackWaitMs: z.number().int().min(1000).default(30_000),
-        /** Deliveries of one message before it goes to the dead-letter subject. */
+        /** Deliveries of one work item before it goes to the dead-letter subject. */
         maxDeliver: z.number().int().min(1).max(100).default(5),
+        /**
+         * Deliveries of one event to the catalog before it is dead-lettered: high, so that a
+         * database outage of hours (retries back off to 30 s) loses no event.
+         */
+        eventsMaxDeliver: z.number().int().min(1).max(100_000).default(2000),
         /** JetStream duplicate window (message-id dedup of work items). */
         duplicateWindowMs: z
           .number()
@@ -153,6 +160,7 @@ export const ENV_OVERRIDES: Readonly<Record<string, { path: readonly string[]; t
   IOTVAULT_NATS_URL: { path: ["nats", "url"], type: "string" },
   IOTVAULT_NATS_CREDS: { path: ["nats", "credsFile"], type: "string" },
   IOTVAULT_DATABASE_URL: { path: ["database", "url"], type: "string" },
+  IOTVAULT_DATABASE_PASSWORD_FILE: { path: ["database", "passwordFile"], type: "string" },
   IOTVAULT_SCHEDULER_LISTEN: { path: ["services", "scheduler", "listen"], type: "string" },
   IOTVAULT_EXECUTOR_LISTEN: { path: ["services", "executor", "listen"], type: "string" },
   IOTVAULT_STORAGE_GATEWAY_LISTEN: { path: ["services", "storageGateway", "listen"], type: "string" },

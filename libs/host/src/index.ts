@@ -15,6 +15,7 @@ export {
   readPidFile,
   removeFile,
   runSync,
+  runsCommand,
   startDetached,
   stopPid,
   waitForPort,

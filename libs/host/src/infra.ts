@@ -4,7 +4,7 @@
  * listening on loopback only. Nothing else on the machine is started or reconfigured.
  */
 import { spawnSync } from "node:child_process";
-import { chownSync, existsSync, mkdirSync } from "node:fs";
+import { chownSync, copyFileSync, existsSync, mkdirSync, rmSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { IotvaultError } from "@iotvault/errors";
 import { findNatsServer, findPostgresBin, findRunuser } from "./binaries.js";
@@ -94,9 +94,11 @@ function postgresIds(): { uid: number; gid: number } {
 
 /**
  * Starts (creating it first when needed) a private PostgreSQL cluster in `dir` on host:port,
- * trust authentication for the `postgres` role on loopback only. Returns the postmaster pid.
+ * listening on loopback only. The `postgres` role gets the password in `passwordFile` and TCP
+ * connections need it (scram-sha-256); local socket connections use peer authentication.
+ * Returns the postmaster pid.
  */
-export async function startPrivatePostgres(options: Endpoint & { dir: string }): Promise<number> {
+export async function startPrivatePostgres(options: Endpoint & { dir: string; passwordFile: string }): Promise<number> {
   const tools = pgTools();
   const data = join(options.dir, "data");
   // The parents must be traversable by the server's OS user; the cluster directory is its own.
@@ -107,18 +109,30 @@ export async function startPrivatePostgres(options: Endpoint & { dir: string }):
     chownSync(options.dir, uid, gid);
   }
   if (!existsSync(join(data, "PG_VERSION"))) {
-    const [cmd, args] = asUser(tools, tools.initdb, [
-      "-D",
-      data,
-      "-A",
-      "trust",
-      "-U",
-      "postgres",
-      "-E",
-      "UTF8",
-      "--locale=C",
-    ]);
-    runSync(cmd, args, { cwd: options.dir, timeoutMs: 120_000 });
+    // initdb reads the password from a file the server's OS user can read: a short-lived copy.
+    const pwfile = join(options.dir, ".pwfile");
+    copyFileSync(options.passwordFile, pwfile);
+    if (tools.asUser.length > 0) {
+      const { uid, gid } = postgresIds();
+      chownSync(pwfile, uid, gid);
+    }
+    try {
+      const [cmd, args] = asUser(tools, tools.initdb, [
+        "-D",
+        data,
+        "--auth-host=scram-sha-256",
+        "--auth-local=peer",
+        `--pwfile=${pwfile}`,
+        "-U",
+        "postgres",
+        "-E",
+        "UTF8",
+        "--locale=C",
+      ]);
+      runSync(cmd, args, { cwd: options.dir, timeoutMs: 120_000 });
+    } finally {
+      rmSync(pwfile, { force: true });
+    }
   }
   const serverOptions = `-p ${options.port} -k ${options.dir} -c listen_addresses=${options.host}`;
   const log = join(options.dir, "postgres.log");

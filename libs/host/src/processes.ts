@@ -78,9 +78,25 @@ export function startDetached(p: DetachedProcess): number {
   }
 }
 
-/** SIGTERM, wait up to graceMs, then SIGKILL. Returns false when the process was not running. */
-export async function stopPid(pid: number, graceMs = 10_000): Promise<boolean> {
+/**
+ * Whether the process runs a command line that contains `expected` (e.g. the entry script):
+ * a pid file left from before a reboot may name an unrelated process now.
+ */
+export function runsCommand(pid: number, expected: string): boolean {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").join(" ").includes(expected);
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * SIGTERM, wait up to graceMs, then SIGKILL. Returns false when the process was not running,
+ * or (with `expected`) when the pid now belongs to another program, which is left alone.
+ */
+export async function stopPid(pid: number, graceMs = 10_000, expected?: string): Promise<boolean> {
   if (!isAlive(pid)) return false;
+  if (expected !== undefined && !runsCommand(pid, expected)) return false;
   try {
     process.kill(pid, "SIGTERM");
   } catch {

@@ -71,7 +71,7 @@ export class SpanFileExporter implements SpanExporter {
     spansDir: string,
     private readonly service: string,
   ) {
-    mkdirSync(spansDir, { recursive: true });
+    mkdirSync(spansDir, { recursive: true, mode: 0o700 });
     this.file = spanFilePath(spansDir, service);
   }
 
@@ -81,7 +81,7 @@ export class SpanFileExporter implements SpanExporter {
       return;
     }
     try {
-      this.fd ??= openSync(this.file, "a");
+      this.fd ??= openSync(this.file, "a", 0o600);
       for (const span of spans) writeLine(this.fd, `${JSON.stringify(toSpanRecord(span, this.service))}\n`);
       resultCallback({ code: ExportResultCode.SUCCESS });
     } catch (err) {

@@ -6,7 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pg from "pg";
 import { IotvaultError } from "@iotvault/errors";
-import { findPostgresBin } from "./binaries.js";
+import { findPostgresBin, findRunuser } from "./binaries.js";
 import { onProcessExit } from "./exit-hooks.js";
 import { OutputTail } from "./output-buffer.js";
 import { freePort } from "./ports.js";
@@ -224,7 +224,7 @@ function findPgTools(): PgTools {
     );
   }
   if (process.getuid?.() !== 0) return { initdb, pgCtl, asUser: [] };
-  const runuser = ["/usr/sbin/runuser", "/sbin/runuser", "/usr/bin/runuser"].find((p) => existsSync(p));
+  const runuser = findRunuser();
   if (!runuser) {
     throw new IotvaultError("FAILED_PRECONDITION", "initdb refuses to run as root and runuser was not found", {
       hint: "run the tests as a normal user, or install util-linux (runuser)",

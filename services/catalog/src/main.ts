@@ -18,7 +18,7 @@ const telemetry = startTelemetry({
   spansDir: config.telemetry.keepSpans ? config.paths.traces : undefined,
   otlpEndpoint: config.telemetry.otlpEndpoint,
 });
-const store = await CatalogStore.open(config.database.url);
+const store = await CatalogStore.open(config.database.url, { passwordFile: config.database.passwordFile });
 const bus = await Bus.connect({
   url: config.nats.url,
   name: "iotvault-catalog",
@@ -36,7 +36,7 @@ const consumer = await bus.consume({
   filterSubject: "iotvault.events.>",
   accept: "any-event",
   ackWaitMs: config.bus.ackWaitMs,
-  maxDeliver: config.bus.maxDeliver,
+  maxDeliver: config.bus.eventsMaxDeliver,
   spanName: (subject) => `catalog.apply ${subject.replace(/^iotvault\.events\./, "")}`,
   logger,
   handler: async (msg) => {
@@ -47,6 +47,16 @@ const consumer = await bus.consume({
     });
   },
 });
+
+// Event ids are kept as long as the stream may still deliver them, then forgotten.
+const pruneEvents = () =>
+  store
+    .pruneProcessedEvents(config.bus.eventsMaxAgeDays + 1)
+    .then((n) => n > 0 && logger.info("forgot old processed event ids", { count: n }))
+    .catch((err: unknown) => logger.warn("could not prune processed event ids", { error: String(err) }));
+void pruneEvents();
+const pruneTimer = setInterval(() => void pruneEvents(), 24 * 3600_000);
+pruneTimer.unref();
 
 const server = await startGrpcServer({
   listen: config.services.catalog.listen,
@@ -63,6 +73,7 @@ async function shutdown(signal: string): Promise<void> {
   if (stopping) return;
   stopping = true;
   logger.info("shutting down", { signal });
+  clearInterval(pruneTimer);
   await consumer.stop();
   await server.shutdown(5000);
   await bus.close();

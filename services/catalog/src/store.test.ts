@@ -5,7 +5,7 @@ import { isCode } from "@iotvault/errors";
 import { BackupType, RunStatus, TriggerKind } from "@iotvault/proto";
 import { createTestDatabase, type TestDatabase } from "@iotvault/testing";
 import { MIGRATIONS } from "./migrations.js";
-import { CatalogStore } from "./store.js";
+import { CatalogStore, classifyDatabaseError } from "./store.js";
 
 const stats = {
   filesNew: 3n,
@@ -260,5 +260,83 @@ describe("catalog store (real PostgreSQL)", () => {
     assert.equal(await store.applyEvent("iotvault.v1.WalArchived", {}, meta("wal-1")), false);
     const { rows } = await store.pool.query<{ name: string }>("SELECT name FROM jobs WHERE job_id = 'job-9'");
     assert.equal(rows[0]?.name, "plc");
+  });
+});
+
+describe("catalog store: ordering and database faults", () => {
+  let db: TestDatabase;
+  let store: CatalogStore;
+  let seq = 1000;
+  const meta = (eventId: string) => ({ eventId, subject: "iotvault.events.test", streamSequence: ++seq });
+  const failed = (runId: string, attempt: number, willRetry: boolean, message: string) => ({
+    runId,
+    jobId: "job-1",
+    jobName: "gateway",
+    error: { code: "UNAVAILABLE", message, retryable: willRetry, hint: "" },
+    attempt,
+    willRetry,
+    at: new Date(),
+    traceId: "",
+  });
+
+  before(async () => {
+    db = await createTestDatabase({ prefix: "catalog_faults" });
+    store = await CatalogStore.open(db.url);
+  });
+  after(async () => {
+    await store?.close();
+    await db?.drop();
+  });
+
+  it("an older attempt's retryable failure arriving late does not reopen a failed run", async () => {
+    await store.applyEvent("iotvault.v1.BackupFailed", failed("run-x", 3, false, "final"), meta("run-x:failed:3"));
+    await store.applyEvent("iotvault.v1.BackupFailed", failed("run-x", 2, true, "older"), meta("run-x:failed:2"));
+    const run = await store.getRun("run-x");
+    assert.equal(run.status, RunStatus.RUN_STATUS_FAILED);
+    assert.equal(run.error?.message, "final");
+    assert.equal(run.attempts, 3);
+  });
+
+  it("an older attempt's failure does not override a newer attempt that is running", async () => {
+    await store.applyEvent("iotvault.v1.BackupStarted", started("run-y", 2), meta("run-y:started:2"));
+    await store.applyEvent("iotvault.v1.BackupFailed", failed("run-y", 1, false, "stale"), meta("run-y:failed:1"));
+    assert.equal((await store.getRun("run-y")).status, RunStatus.RUN_STATUS_RUNNING);
+  });
+
+  it("classifies a lost database connection as retryable, and a bad statement as permanent", async () => {
+    const terminated = classifyDatabaseError(
+      Object.assign(new Error("terminating connection due to administrator command"), { code: "57P01" }),
+    );
+    assert.ok(isCode(terminated, "UNAVAILABLE") && terminated.retryable);
+    assert.ok(classifyDatabaseError(new Error("Connection terminated unexpectedly")).retryable);
+    assert.ok(!classifyDatabaseError(Object.assign(new Error("duplicate key"), { code: "23505" })).retryable);
+    // A real outage: every connection of the catalog's pool is terminated mid-way.
+    const admin = new pg.Client(db.url);
+    await admin.connect();
+    try {
+      const probe = store.pool.connect();
+      const client = await probe;
+      client.release();
+      await admin.query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+      );
+    } finally {
+      await admin.end();
+    }
+    // The pool recovers by itself: the next event applies (or, had the database been down, would have been retried).
+    await store
+      .applyEvent("iotvault.v1.BackupStarted", started("run-z"), meta("run-z:started:1"))
+      .catch((e: unknown) => {
+        assert.ok(isCode(e, "UNAVAILABLE"), `unexpected ${String(e)}`);
+      });
+    await store.applyEvent("iotvault.v1.BackupStarted", started("run-z"), meta("run-z:started:1b"));
+    assert.equal((await store.getRun("run-z")).status, RunStatus.RUN_STATUS_RUNNING);
+  });
+
+  it("forgets processed event ids past the retention", async () => {
+    await store.pool.query(
+      "UPDATE processed_events SET processed_at = now() - interval '40 days' WHERE event_id = 'run-x:failed:2'",
+    );
+    assert.equal(await store.pruneProcessedEvents(31), 1);
   });
 });

@@ -29,6 +29,7 @@ import {
   type RunStatus,
   type Snapshot,
 } from "@iotvault/proto";
+import { readFileSync } from "node:fs";
 import pg from "pg";
 import { migrate } from "./migrations.js";
 
@@ -39,15 +40,18 @@ export interface EventMeta {
   streamSequence: number;
 }
 
-const TERMINAL = new Set(["RUN_STATUS_SUCCEEDED", "RUN_STATUS_FAILED", "RUN_STATUS_CANCELLED"]);
 
 export class CatalogStore {
   private constructor(readonly pool: pg.Pool) {}
 
-  /** Connects, creating the database when it does not exist, and applies migrations. */
-  static async open(url: string): Promise<CatalogStore> {
-    await ensureDatabase(url);
-    const pool = new pg.Pool({ connectionString: url, max: 5 });
+  /**
+   * Connects, creating the database when it does not exist, and applies migrations. The
+   * password, when needed, comes from `passwordFile` (read at each new connection).
+   */
+  static async open(url: string, options: { passwordFile?: string | undefined } = {}): Promise<CatalogStore> {
+    const password = passwordReader(options.passwordFile);
+    await ensureDatabase(url, password);
+    const pool = new pg.Pool({ ...connectionConfig(url, password), max: 5 });
     pool.on("error", () => undefined); // idle client errors surface on the next query instead
     const client = await connectOrExplain(pool, url);
     try {
@@ -69,7 +73,9 @@ export class CatalogStore {
   async applyEvent(type: string, payload: unknown, meta: EventMeta): Promise<boolean> {
     const apply = APPLIERS[type];
     if (!apply) return false;
-    const client = await this.pool.connect();
+    const client = await this.pool.connect().catch((err: unknown) => {
+      throw classifyDatabaseError(err);
+    });
     try {
       await client.query("BEGIN");
       const fresh = await client.query(
@@ -85,10 +91,19 @@ export class CatalogStore {
       return true;
     } catch (err) {
       await client.query("ROLLBACK").catch(() => undefined);
-      throw err;
+      throw classifyDatabaseError(err);
     } finally {
       client.release();
     }
+  }
+
+  /** Forgets processed event ids older than the events stream keeps (they cannot come back). */
+  async pruneProcessedEvents(olderThanDays: number): Promise<number> {
+    const r = await this.pool.query(
+      "DELETE FROM processed_events WHERE processed_at < now() - make_interval(days => $1)",
+      [olderThanDays],
+    );
+    return r.rowCount ?? 0;
   }
 
   async listRuns(filter: { job?: string; status?: RunStatus; limit?: number }): Promise<Run[]> {
@@ -263,17 +278,27 @@ const APPLIERS: Record<string, Applier> = {
   },
   "iotvault.v1.BackupFailed": async (c, p) => {
     const e = p as BackupFailed;
-    // A failure that will be retried keeps the run RUNNING (the next attempt may succeed).
+    // A failure that will be retried keeps the run RUNNING (the next attempt may succeed); a final
+    // one fails it. Events of an older attempt never change what a newer attempt decided, and a
+    // terminal status is never undone (events may arrive out of order after redeliveries).
     await c.query(
       `INSERT INTO runs (run_id, job_id, job_name, status, error, trace_id, attempts, finished_at)
        VALUES ($1,$2,$3,$4,$5,$6,$7,$8)
        ON CONFLICT (run_id) DO UPDATE SET
-         status = CASE WHEN runs.status IN ('RUN_STATUS_SUCCEEDED','RUN_STATUS_CANCELLED') THEN runs.status
-                       ELSE EXCLUDED.status END,
-         error = CASE WHEN runs.status = 'RUN_STATUS_SUCCEEDED' THEN runs.error ELSE EXCLUDED.error END,
+         status = CASE
+           WHEN runs.status IN ('RUN_STATUS_SUCCEEDED','RUN_STATUS_FAILED','RUN_STATUS_CANCELLED') THEN runs.status
+           WHEN EXCLUDED.attempts < runs.attempts THEN runs.status
+           ELSE EXCLUDED.status END,
+         error = CASE
+           WHEN runs.status = 'RUN_STATUS_SUCCEEDED' THEN runs.error
+           WHEN runs.status = 'RUN_STATUS_FAILED' AND EXCLUDED.status <> 'RUN_STATUS_FAILED' THEN runs.error
+           WHEN EXCLUDED.attempts < runs.attempts THEN runs.error
+           ELSE EXCLUDED.error END,
          attempts = GREATEST(runs.attempts, EXCLUDED.attempts),
-         finished_at = CASE WHEN EXCLUDED.status = 'RUN_STATUS_FAILED' AND runs.status <> 'RUN_STATUS_SUCCEEDED'
-                            THEN EXCLUDED.finished_at ELSE runs.finished_at END,
+         finished_at = CASE
+           WHEN runs.status IN ('RUN_STATUS_SUCCEEDED','RUN_STATUS_FAILED','RUN_STATUS_CANCELLED') THEN runs.finished_at
+           WHEN EXCLUDED.status = 'RUN_STATUS_FAILED' THEN EXCLUDED.finished_at
+           ELSE runs.finished_at END,
          updated_at = now()`,
       [
         e.runId,
@@ -463,9 +488,6 @@ function toSnapshot(r: SnapshotRow): Snapshot {
   };
 }
 
-export function isTerminal(status: string): boolean {
-  return TERMINAL.has(status);
-}
 
 async function connectOrExplain(pool: pg.Pool, url: string): Promise<pg.PoolClient> {
   try {
@@ -482,14 +504,48 @@ async function connectOrExplain(pool: pg.Pool, url: string): Promise<pg.PoolClie
   }
 }
 
+/**
+ * Client settings from a postgres:// URL. A password in the URL wins; else the reader's (a
+ * connection string would hide a password given as a function, so the URL is taken apart here).
+ */
+function connectionConfig(url: string, password: (() => string) | undefined): pg.ClientConfig {
+  const u = new URL(url);
+  const socketHost = u.searchParams.get("host");
+  return {
+    host: socketHost ?? (u.hostname.replace(/^\[|\]$/g, "") || "127.0.0.1"),
+    port: u.port ? Number(u.port) : 5432,
+    user: decodeURIComponent(u.username) || undefined,
+    database: decodeURIComponent(u.pathname.replace(/^\//, "")) || undefined,
+    ...(u.password ? { password: decodeURIComponent(u.password) } : password ? { password } : {}),
+    ...(u.searchParams.get("sslmode") === "require" ? { ssl: { rejectUnauthorized: false } } : {}),
+  };
+}
+
+function passwordReader(file: string | undefined): (() => string) | undefined {
+  if (!file) return undefined;
+  return () => {
+    try {
+      return readFileSync(file, "utf8").replace(/\r?\n$/, "");
+    } catch (err) {
+      throw new IotvaultError(
+        "FAILED_PRECONDITION",
+        `cannot read the database password file ${file}: ${(err as Error).message}`,
+        {
+          hint: "check database.passwordFile / IOTVAULT_DATABASE_PASSWORD_FILE",
+        },
+      );
+    }
+  };
+}
+
 /** Creates the database named in the URL when it does not exist (needs CREATEDB). */
-async function ensureDatabase(url: string): Promise<void> {
+async function ensureDatabase(url: string, password: (() => string) | undefined): Promise<void> {
   const u = new URL(url);
   const name = decodeURIComponent(u.pathname.replace(/^\//, ""));
   if (!name) throw new IotvaultError("CONFIG_INVALID", "database.url names no database");
   const admin = new URL(url);
   admin.pathname = "/postgres";
-  const client = new pg.Client({ connectionString: admin.toString() });
+  const client = new pg.Client(connectionConfig(admin.toString(), password));
   try {
     await client.connect();
   } catch {
@@ -515,4 +571,32 @@ export function redactUrl(url: string): string {
   } catch {
     return "<invalid url>";
   }
+}
+
+/** SQLSTATE classes and codes after which the same statement may succeed later. */
+const TRANSIENT_SQLSTATE = /^(08|53|57P0[1-3]|40001|40P01|55P03)/;
+
+/**
+ * Classifies a database error once: connection loss, shutdown, overload, serialization and
+ * deadlock failures are UNAVAILABLE (retryable: the event is delivered again); the rest keep
+ * their meaning (a constraint violation will not go away by retrying).
+ */
+export function classifyDatabaseError(err: unknown): IotvaultError {
+  if (err instanceof IotvaultError) return err;
+  const e = err as { code?: unknown; message?: unknown } | null;
+  const code = typeof e?.code === "string" ? e.code : "";
+  const message = typeof e?.message === "string" ? e.message : String(err);
+  if (
+    TRANSIENT_SQLSTATE.test(code) ||
+    ["ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "EPIPE", "EHOSTUNREACH"].includes(code) ||
+    /connection terminated|terminating connection|timeout exceeded when trying to connect|Connection ended/i.test(
+      message,
+    )
+  ) {
+    return new IotvaultError("UNAVAILABLE", `catalog database unavailable: ${message}`, {
+      cause: err,
+      hint: "the event is retried; check that PostgreSQL is up",
+    });
+  }
+  return new IotvaultError("INTERNAL", `catalog database error${code ? ` ${code}` : ""}: ${message}`, { cause: err });
 }

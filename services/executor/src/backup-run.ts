@@ -9,7 +9,7 @@
 import { hostname } from "node:os";
 import { trace } from "@opentelemetry/api";
 import type { Bus, BusMessage } from "@iotvault/bus";
-import { IotvaultError, toErrorInfo, toIotvaultError } from "@iotvault/errors";
+import { IotvaultError, isCode, toErrorInfo, toIotvaultError } from "@iotvault/errors";
 import {
   BackupCompleted,
   BackupFailed,
@@ -98,7 +98,7 @@ export async function runBackup(deps: BackupRunDeps, msg: BusMessage<BackupReque
       );
       log.info("backup started", { source: job.source, repository: job.repository, parent: parent?.id ?? null });
 
-      const progress = progressPublisher(deps, req.runId, job.id, log);
+      const progress = progressPublisher(deps, req.runId, job.id, attempt, log);
       const writer = await repo.startBackup({
         runId: req.runId,
         parent,
@@ -156,6 +156,13 @@ export async function runBackup(deps: BackupRunDeps, msg: BusMessage<BackupReque
         });
       } catch (err) {
         await writer.abort().catch(() => undefined);
+        if (isCode(err, "ALREADY_EXISTS") && (await repo.hasSnapshot(snapshotId))) {
+          // Another attempt of this run (e.g. across a network partition) committed first.
+          log.info("another attempt committed this run's snapshot first; announcing it", { snapshot_id: snapshotId });
+          const snapshot = await repo.loadSnapshot(snapshotId);
+          await publishCompleted(deps, req, snapshot, snapshot.stats, { executor, startedAt, traceId });
+          return;
+        }
         throw err;
       }
       await publishCompleted(deps, req, committed.snapshot, committed.stats, { executor, startedAt, traceId });
@@ -164,8 +171,15 @@ export async function runBackup(deps: BackupRunDeps, msg: BusMessage<BackupReque
       await repo.close();
     }
   } catch (err) {
-    const e = toIotvaultError(err, "backup failed");
-    const willRetry = e.retryable && attempt < deps.maxDeliver;
+    // Stopping (SIGTERM): the bus leaves the work item unacked and it is delivered again, so this
+    // attempt's failure is not the run's end.
+    const stopping = msg.signal.aborted;
+    const e = stopping
+      ? new IotvaultError("CANCELLED", "the executor stopped during the backup; the run will be delivered again", {
+          retryable: true,
+        })
+      : toIotvaultError(err, "backup failed");
+    const willRetry = stopping || (e.retryable && attempt < deps.maxDeliver);
     log.warn("backup attempt failed", { code: e.code, error: e.message, will_retry: willRetry });
     await deps.bus
       .publish(
@@ -272,6 +286,7 @@ function progressPublisher(
   deps: BackupRunDeps,
   runId: string,
   jobId: string,
+  attempt: number,
   log: Logger,
 ): (u: ProgressUpdate) => void {
   let last = 0;
@@ -301,8 +316,42 @@ function progressPublisher(
           currentPath: state.currentPath,
           at: new Date(),
         },
-        { msgId: `${runId}:progress:${n}` },
+        { msgId: `${runId}:progress:${attempt}:${n}` },
       )
       .catch((err: unknown) => log.warn("could not publish progress", { error: String(err) }));
   };
+}
+
+/**
+ * A work item was dead-lettered without this executor publishing the run's end (a worker that
+ * died on its last delivery, found by the max-deliveries advisory): announce the final failure
+ * so that the catalog and subscribers do not wait for the run forever. The message id is the one
+ * the handler would have used for that attempt, so a failure it did publish is not repeated.
+ */
+export async function announceDeadLetteredRun(
+  bus: Bus,
+  letter: { reason: string; deliveries: number; payload: BackupRequested | undefined },
+): Promise<void> {
+  const req = letter.payload;
+  if (!req?.runId || !req.job) return; // malformed: no run to announce
+  await bus.publish(
+    SUBJECTS.backupFailed,
+    BackupFailed,
+    {
+      runId: req.runId,
+      jobId: req.job.id,
+      jobName: req.job.name,
+      error: {
+        code: "UNAVAILABLE",
+        message: `the run was abandoned: ${letter.reason}`,
+        retryable: false,
+        hint: "see the executor logs; trigger the job again with `iotvault backup <job>`",
+      },
+      attempt: letter.deliveries,
+      willRetry: false,
+      at: new Date(),
+      traceId: "",
+    },
+    { msgId: `${req.runId}:failed:${letter.deliveries}` },
+  );
 }

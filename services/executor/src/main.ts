@@ -9,7 +9,7 @@ import { loadConfig, readRepositorySecret } from "@iotvault/config";
 import { BackupRequested, STREAMS, SUBJECTS, StorageGatewayServiceClient } from "@iotvault/proto";
 import { GatewayObjectStore, createClient, startGrpcServer } from "@iotvault/rpc";
 import { createLogger, startTelemetry } from "@iotvault/telemetry";
-import { runBackup } from "./backup-run.js";
+import { announceDeadLetteredRun, runBackup } from "./backup-run.js";
 
 const config = loadConfig(process.env);
 const logger = createLogger({ service: "executor", level: config.log.level });
@@ -41,6 +41,7 @@ const consumer = await bus.consume({
   maxDeliver: config.bus.maxDeliver,
   spanName: () => "executor.run",
   logger,
+  onDeadLetter: (letter) => announceDeadLetteredRun(bus, letter),
   handler: (msg) =>
     runBackup(
       {

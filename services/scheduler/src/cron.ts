@@ -3,7 +3,8 @@
  * the job's time zone; when it passes, the run is published with that exact time as its
  * scheduled time (so replicas agree on the run id and the duplicate is dropped). Runs missed
  * while no scheduler was up are not made up for: after a restart the next fire time is the
- * first one after now (catch-up policy "skip"; see the service README).
+ * first one after now, and after a stall of this process only the latest due run fires
+ * (catch-up policy "skip"; see the service README).
  */
 import { Cron } from "croner";
 import type { Job } from "@iotvault/proto";
@@ -12,6 +13,8 @@ export interface CronLoopOptions {
   /** Called for each due run; errors are reported to onError and the run is retried next tick. */
   fire(job: Job, scheduledAt: Date): Promise<void>;
   onError(job: Job, err: unknown): void;
+  /** Runs skipped by the catch-up policy (the latest due one fires). */
+  onSkipped?: (job: Job, skipped: number, fired: Date) => void;
   tickMs?: number;
   now?: () => Date;
 }
@@ -68,15 +71,24 @@ export class CronLoop {
     try {
       const now = this.now();
       for (const entry of this.entries.values()) {
-        while (entry.next && entry.next.getTime() <= now.getTime()) {
-          try {
-            await this.options.fire(entry.job, entry.next);
-          } catch (err) {
-            this.options.onError(entry.job, err);
-            break; // retry this scheduled time on the next tick
-          }
-          entry.next = entry.cron.nextRun(entry.next);
+        if (!entry.next || entry.next.getTime() > now.getTime()) continue;
+        // Catch-up policy "skip": after a stall (a suspended process, a long GC), only the latest
+        // due time fires; the ones before it are skipped (and logged).
+        let due = entry.next;
+        let skipped = 0;
+        for (let n = entry.cron.nextRun(due); n && n.getTime() <= now.getTime(); n = entry.cron.nextRun(n)) {
+          due = n;
+          skipped++;
         }
+        if (skipped > 0) this.options.onSkipped?.(entry.job, skipped, due);
+        try {
+          await this.options.fire(entry.job, due);
+        } catch (err) {
+          this.options.onError(entry.job, err);
+          entry.next = due; // retry this scheduled time on the next tick
+          continue;
+        }
+        entry.next = entry.cron.nextRun(due);
       }
     } finally {
       this.ticking = false;

@@ -56,13 +56,22 @@ const cron = new CronLoop({
     }),
   onError: (job, err) =>
     logger.warn("could not publish a scheduled run; retrying", { job: job.name, error: String(err) }),
+  onSkipped: (job, skipped, fired) =>
+    logger.warn("runs missed during a stall were skipped", { job: job.name, skipped, fired: fired.toISOString() }),
 });
 const watching = new AbortController();
-jobs
-  .watch((id, job) => cron.set(id, job), watching.signal)
-  .catch((err: unknown) => {
-    logger.error("job watch ended", { error: String(err) });
-  });
+/** Follows job changes; a watch that ends (a NATS restart, an error) is started again. */
+async function watchJobs(): Promise<void> {
+  while (!watching.signal.aborted) {
+    try {
+      await jobs.watch((id, job) => cron.set(id, job), watching.signal);
+    } catch (err) {
+      logger.warn("job watch ended; restarting it", { error: String(err) });
+    }
+    if (!watching.signal.aborted) await new Promise((r) => setTimeout(r, 1000));
+  }
+}
+void watchJobs();
 cron.start();
 
 const server = await startGrpcServer({
