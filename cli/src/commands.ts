@@ -13,6 +13,7 @@ import {
   Job,
   Run,
   RunStatus,
+  type RetentionPolicy,
   Snapshot,
   backupTypeFromJSON,
   backupTypeToJSON,
@@ -24,7 +25,7 @@ import { Repository, type RepositorySecret } from "@iotvault/repo";
 import { GatewayObjectStore, callServerStream, callUnary } from "@iotvault/rpc";
 import { makeGatewayTree } from "@iotvault/sample";
 import { readSpans, renderTraceTree } from "@iotvault/telemetry";
-import { flag, list, parse, required, str } from "./args.js";
+import { flag, list, parse, required, str, type Parsed } from "./args.js";
 import type { Context } from "./context.js";
 import { ProgressBar, formatBytes, formatDuration, formatTime, table } from "./output.js";
 import { stackDown, stackStatus, stackUp } from "./stack.js";
@@ -246,11 +247,58 @@ export async function key(ctx: Context, argv: string[]): Promise<void> {
   }
 }
 
+// ---------------------------------------------------------------------------------------------- retention flags
+
+const RETENTION_OPTIONS = {
+  "keep-last": { type: "string" },
+  "keep-hourly": { type: "string" },
+  "keep-daily": { type: "string" },
+  "keep-weekly": { type: "string" },
+  "keep-monthly": { type: "string" },
+  "keep-yearly": { type: "string" },
+  "retention-days": { type: "string" },
+} as const;
+
+/** The retention flags as a policy (0 = rule not used). */
+function retentionOf(p: Parsed): RetentionPolicy {
+  const n = (name: keyof typeof RETENTION_OPTIONS) => {
+    const v = str(p, name);
+    if (v === undefined) return 0;
+    const x = Number(v);
+    if (!Number.isInteger(x) || x < 0)
+      throw new IotvaultError("INVALID_ARGUMENT", `--${name} must be a whole number, got "${v}"`);
+    return x;
+  };
+  return {
+    keepLast: n("keep-last"),
+    keepHourly: n("keep-hourly"),
+    keepDaily: n("keep-daily"),
+    keepWeekly: n("keep-weekly"),
+    keepMonthly: n("keep-monthly"),
+    keepYearly: n("keep-yearly"),
+    retentionDays: n("retention-days"),
+  };
+}
+
+export function describeRetention(r: RetentionPolicy | undefined): string {
+  if (!r) return "-";
+  const parts = [
+    r.keepLast && `last ${r.keepLast}`,
+    r.keepHourly && `hourly ${r.keepHourly}`,
+    r.keepDaily && `daily ${r.keepDaily}`,
+    r.keepWeekly && `weekly ${r.keepWeekly}`,
+    r.keepMonthly && `monthly ${r.keepMonthly}`,
+    r.keepYearly && `yearly ${r.keepYearly}`,
+    r.retentionDays && `${r.retentionDays} days`,
+  ].filter(Boolean);
+  return parts.length ? parts.join(", ") : "-";
+}
+
 // ---------------------------------------------------------------------------------------------- job
 
 export async function job(ctx: Context, argv: string[]): Promise<void> {
   const usage =
-    "iotvault job create <name> --source <url> --repo <name> [--schedule CRON] [--tz ZONE] [--type full|incremental|differential] [--site S] [--include GLOB]... [--exclude GLOB]... | job list | job show <job> | job delete <job>";
+    "iotvault job create <name> --source <url> --repo <name> [--schedule CRON] [--tz ZONE] [--type full|incremental|differential] [--site S] [--include GLOB]... [--exclude GLOB]... [--keep-last N] [--keep-hourly N] [--keep-daily N] [--keep-weekly N] [--keep-monthly N] [--keep-yearly N] [--retention-days N] | job list | job show <job> | job delete <job>";
   const p = parse(
     argv,
     {
@@ -262,6 +310,7 @@ export async function job(ctx: Context, argv: string[]): Promise<void> {
       site: { type: "string" },
       include: { type: "string", multiple: true },
       exclude: { type: "string", multiple: true },
+      ...RETENTION_OPTIONS,
     },
     usage,
   );
@@ -282,6 +331,7 @@ export async function job(ctx: Context, argv: string[]): Promise<void> {
         site: str(p, "site") ?? "",
         include: list(p, "include"),
         exclude: list(p, "exclude"),
+        retention: retentionOf(p),
       },
     });
     const res = await callUnary(s, "createJob", req);

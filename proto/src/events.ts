@@ -11,6 +11,9 @@ import {
   BackupStarted,
   DeadLetter,
   JobCreated,
+  PruneCompleted,
+  SnapshotHold,
+  SnapshotsForgotten,
   JobDeleted,
   JobUpdated,
   RestoreCompleted,
@@ -53,6 +56,10 @@ export const SUBJECTS = {
   verifyCompleted: "iotvault.events.verify.completed",
   verifyFailed: "iotvault.events.verify.failed",
   walArchived: "iotvault.events.wal.archived",
+  snapshotForgotten: "iotvault.events.snapshot.forgotten",
+  snapshotHeld: "iotvault.events.snapshot.held",
+  snapshotReleased: "iotvault.events.snapshot.released",
+  pruneCompleted: "iotvault.events.prune.completed",
 } as const;
 
 /** Every payload type, by its full protobuf name (the Iotvault-Event-Type header). */
@@ -74,6 +81,9 @@ export const EVENT_TYPES = {
   "iotvault.v1.VerifyCompleted": VerifyCompleted,
   "iotvault.v1.VerifyFailed": VerifyFailed,
   "iotvault.v1.WalArchived": WalArchived,
+  "iotvault.v1.SnapshotsForgotten": SnapshotsForgotten,
+  "iotvault.v1.SnapshotHold": SnapshotHold,
+  "iotvault.v1.PruneCompleted": PruneCompleted,
   "iotvault.v1.DeadLetter": DeadLetter,
 } as const satisfies Record<string, MessageFns<any>>; // eslint-disable-line @typescript-eslint/no-explicit-any
 

@@ -105,6 +105,25 @@ export const MIGRATIONS: readonly Migration[] = [
       );
     `,
   },
+  {
+    version: 2,
+    name: "retention: forgotten and held snapshots, prunes",
+    sql: `
+      ALTER TABLE snapshots ADD COLUMN forgotten_at timestamptz;
+      ALTER TABLE snapshots ADD COLUMN held boolean NOT NULL DEFAULT false;
+      ALTER TABLE snapshots ADD COLUMN hold_reason text NOT NULL DEFAULT '';
+      CREATE INDEX snapshots_live_idx ON snapshots (repository, time DESC) WHERE forgotten_at IS NULL;
+
+      CREATE TABLE prunes (
+        prune_id       bigserial PRIMARY KEY,
+        repository     text NOT NULL,
+        result         jsonb NOT NULL,
+        trace_id       text,
+        started_at     timestamptz,
+        finished_at    timestamptz
+      );
+    `,
+  },
 ];
 
 const LOCK_KEY = 0x10700a17; // advisory lock id for catalog migrations

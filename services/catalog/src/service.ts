@@ -1,8 +1,9 @@
 /**
  * The CatalogService RPCs: queries over runs and snapshots.
  */
-import type { CatalogServiceServer } from "@iotvault/proto";
-import { unary } from "@iotvault/rpc";
+import { IotvaultError } from "@iotvault/errors";
+import type { CatalogServiceServer, RebuildRepositoryRequest, Snapshot } from "@iotvault/proto";
+import { clientStream, unary } from "@iotvault/rpc";
 import type { CatalogStore } from "./store.js";
 
 export function catalogService(store: CatalogStore): CatalogServiceServer {
@@ -15,5 +16,29 @@ export function catalogService(store: CatalogStore): CatalogServiceServer {
       snapshots: await store.listSnapshots({ job: req.job, repository: req.repository, limit: req.limit }),
     })),
     getSnapshot: unary(async (req) => ({ snapshot: await store.getSnapshot(req.snapshotId) })),
+    rebuildRepository: clientStream<
+      RebuildRepositoryRequest,
+      { snapshotsSeen: bigint; snapshotsAdded: bigint; snapshotsForgotten: bigint }
+    >(async (requests) => {
+      const it = requests[Symbol.asyncIterator]();
+      const first = await it.next();
+      if (first.done || first.value.part?.$case !== "repository" || !first.value.part.value) {
+        throw new IotvaultError("INVALID_ARGUMENT", "RebuildRepository: the first message must name the repository");
+      }
+      const repository = first.value.part.value;
+      async function* snapshots(): AsyncGenerator<Snapshot> {
+        for (let n = await it.next(); !n.done; n = await it.next()) {
+          if (n.value.part?.$case !== "snapshot")
+            throw new IotvaultError("INVALID_ARGUMENT", "RebuildRepository: only snapshots may follow the header");
+          yield n.value.part.value;
+        }
+      }
+      const r = await store.rebuildRepository(repository, snapshots());
+      return {
+        snapshotsSeen: BigInt(r.seen),
+        snapshotsAdded: BigInt(r.added),
+        snapshotsForgotten: BigInt(r.forgotten),
+      };
+    }),
   };
 }

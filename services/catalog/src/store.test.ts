@@ -21,6 +21,7 @@ const stats = {
   chunksNew: 3n,
   packsWritten: 1n,
   durationMs: 42n,
+  warnings: 0n,
 };
 
 const started = (runId: string, attempt = 1) => ({
@@ -338,5 +339,94 @@ describe("catalog store: ordering and database faults", () => {
       "UPDATE processed_events SET processed_at = now() - interval '40 days' WHERE event_id = 'run-x:failed:2'",
     );
     assert.equal(await store.pruneProcessedEvents(31), 1);
+  });
+});
+
+describe("catalog store: retention and rebuild", () => {
+  let db: TestDatabase;
+  let store: CatalogStore;
+  let seq = 5000;
+  const meta = (eventId: string) => ({ eventId, subject: "iotvault.events.test", streamSequence: ++seq });
+  const id = (n: number) => n.toString(16).padStart(64, "a");
+
+  before(async () => {
+    db = await createTestDatabase({ prefix: "catalog_retention" });
+    store = await CatalogStore.open(db.url);
+    for (let n = 1; n <= 3; n++) {
+      await store.applyEvent(
+        "iotvault.v1.BackupCompleted",
+        { ...completed(`run-r${n}`, id(n)), repository: "main" },
+        meta(`run-r${n}:completed`),
+      );
+    }
+  });
+  after(async () => {
+    await store?.close();
+    await db?.drop();
+  });
+
+  it("hides forgotten snapshots, records holds and prunes", async () => {
+    await store.applyEvent(
+      "iotvault.v1.SnapshotHold",
+      { repository: "main", snapshotId: id(2), reason: "legal", held: true, by: "op", at: new Date() },
+      meta("hold-2"),
+    );
+    await store.applyEvent(
+      "iotvault.v1.SnapshotsForgotten",
+      { repository: "main", jobId: "job-1", snapshotIds: [id(1)], policy: "keep last 2", at: new Date(), traceId: "" },
+      meta("forget-1"),
+    );
+    const live = await store.listSnapshots({ repository: "main" });
+    assert.deepEqual(live.map((s) => s.snapshotId).sort(), [id(2), id(3)]);
+    assert.equal(live.find((s) => s.snapshotId === id(2))?.holdReason, "legal");
+    await store.applyEvent(
+      "iotvault.v1.PruneCompleted",
+      {
+        repository: "main",
+        snapshots: 2n,
+        packsDeleted: 3n,
+        packsRepacked: 1n,
+        orphanPacksDeleted: 0n,
+        bytesFreed: 1000n,
+        bytesRepacked: 10n,
+        startedAt: new Date(),
+        finishedAt: new Date(),
+        traceId: "",
+      },
+      meta("prune-1"),
+    );
+    const { rows } = await store.pool.query("SELECT result FROM prunes");
+    assert.equal(rows.length, 1);
+  });
+
+  it("rebuilds a repository's snapshots from what the repository holds", async () => {
+    async function* fromRepository() {
+      // The repository holds snapshot 3 and a snapshot the catalog never heard of; 2 is gone.
+      for (const [n, run] of [
+        [3, "run-r3"],
+        [9, "run-r9"],
+      ] as const) {
+        yield {
+          snapshotId: id(n),
+          repository: "main",
+          jobId: "job-1",
+          jobName: "gateway",
+          runId: run,
+          backupType: BackupType.BACKUP_TYPE_FULL,
+          source: "fs:/srv/gw",
+          parentSnapshotId: "",
+          hostname: "gw-01",
+          time: new Date("2026-02-01T00:00:00Z"),
+          stats,
+          held: false,
+          holdReason: "",
+        };
+      }
+    }
+    const r = await store.rebuildRepository("main", fromRepository());
+    assert.deepEqual(r, { seen: 2, added: 1, forgotten: 1 });
+    const live = await store.listSnapshots({ repository: "main" });
+    assert.deepEqual(live.map((s) => s.snapshotId).sort(), [id(3), id(9)]);
+    assert.equal((await store.getRun("run-r9")).status, RunStatus.RUN_STATUS_SUCCEEDED);
   });
 });

@@ -1,6 +1,7 @@
 /**
  * The catalog's PostgreSQL store: applies events idempotently and answers queries.
  */
+import { readFileSync } from "node:fs";
 import { IotvaultError } from "@iotvault/errors";
 import {
   type BackupCompleted,
@@ -14,9 +15,12 @@ import {
   type JobCreated,
   type JobDeleted,
   type JobUpdated,
+  PruneCompleted,
   RestoreCompleted,
   type RestoreFailed,
   type RestoreStarted,
+  type SnapshotHold,
+  type SnapshotsForgotten,
   VerifyCompleted,
   type VerifyFailed,
   backupTypeToJSON,
@@ -29,7 +33,6 @@ import {
   type RunStatus,
   type Snapshot,
 } from "@iotvault/proto";
-import { readFileSync } from "node:fs";
 import pg from "pg";
 import { migrate } from "./migrations.js";
 
@@ -39,7 +42,6 @@ export interface EventMeta {
   subject: string;
   streamSequence: number;
 }
-
 
 export class CatalogStore {
   private constructor(readonly pool: pg.Pool) {}
@@ -138,7 +140,7 @@ export class CatalogStore {
   }
 
   async listSnapshots(filter: { job?: string; repository?: string; limit?: number }): Promise<Snapshot[]> {
-    const where: string[] = [];
+    const where: string[] = ["forgotten_at IS NULL"];
     const args: unknown[] = [];
     if (filter.job) {
       args.push(filter.job);
@@ -155,6 +157,92 @@ export class CatalogStore {
       args,
     );
     return rows.map(toSnapshot);
+  }
+
+  /**
+   * Makes the catalog's snapshots of a repository match the repository (catalog rebuild):
+   * adds the snapshots it lacks, marks as forgotten those the repository no longer holds.
+   */
+  async rebuildRepository(
+    repository: string,
+    snapshots: AsyncIterable<Snapshot>,
+  ): Promise<{ seen: number; added: number; forgotten: number }> {
+    const client = await this.pool.connect().catch((err: unknown) => {
+      throw classifyDatabaseError(err);
+    });
+    try {
+      await client.query("BEGIN");
+      await client.query("CREATE TEMP TABLE rebuild_seen (snapshot_id text PRIMARY KEY) ON COMMIT DROP");
+      let seen = 0;
+      let added = 0;
+      for await (const s of snapshots) {
+        if (s.repository !== repository) {
+          throw new IotvaultError(
+            "INVALID_ARGUMENT",
+            `snapshot ${s.snapshotId} names repository ${s.repository}, not ${repository}`,
+          );
+        }
+        seen++;
+        await client.query("INSERT INTO rebuild_seen VALUES ($1) ON CONFLICT DO NOTHING", [s.snapshotId]);
+        const stats = json(s.stats ? BackupStats.toJSON(s.stats) : undefined);
+        const r = await client.query(
+          `INSERT INTO snapshots (snapshot_id, repository, job_id, job_name, run_id, backup_type, source,
+                                  parent_snapshot_id, hostname, time, stats, held, hold_reason)
+           VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)
+           ON CONFLICT (snapshot_id) DO UPDATE SET forgotten_at = NULL, held = EXCLUDED.held, hold_reason = EXCLUDED.hold_reason
+           RETURNING (xmax = 0) AS inserted`,
+          [
+            s.snapshotId,
+            repository,
+            s.jobId,
+            s.jobName,
+            s.runId || null,
+            backupTypeToJSON(s.backupType),
+            s.source,
+            s.parentSnapshotId || null,
+            s.hostname,
+            s.time ?? new Date(0),
+            stats,
+            s.held,
+            s.holdReason,
+          ],
+        );
+        if (r.rows[0]?.inserted) {
+          added++;
+          if (s.runId) {
+            // The run that made it, as far as the repository knows it.
+            await client.query(
+              `INSERT INTO runs (run_id, job_id, job_name, status, backup_type, repository, source, snapshot_id, stats,
+                                 started_at, finished_at, attempts)
+               VALUES ($1,$2,$3,'RUN_STATUS_SUCCEEDED',$4,$5,$6,$7,$8,$9,$9,1) ON CONFLICT (run_id) DO NOTHING`,
+              [
+                s.runId,
+                s.jobId,
+                s.jobName,
+                backupTypeToJSON(s.backupType),
+                repository,
+                s.source,
+                s.snapshotId,
+                stats,
+                s.time ?? null,
+              ],
+            );
+          }
+        }
+      }
+      const gone = await client.query(
+        `UPDATE snapshots SET forgotten_at = now()
+         WHERE repository = $1 AND forgotten_at IS NULL AND snapshot_id NOT IN (SELECT snapshot_id FROM rebuild_seen)`,
+        [repository],
+      );
+      await client.query("COMMIT");
+      return { seen, added, forgotten: gone.rowCount ?? 0 };
+    } catch (err) {
+      await client.query("ROLLBACK").catch(() => undefined);
+      throw classifyDatabaseError(err);
+    } finally {
+      client.release();
+    }
   }
 
   async getSnapshot(idOrPrefix: string): Promise<Snapshot> {
@@ -320,6 +408,29 @@ const APPLIERS: Record<string, Applier> = {
       [e.runId, e.at ?? new Date(), json({ code: "CANCELLED", message: e.reason })],
     );
   },
+  "iotvault.v1.SnapshotsForgotten": async (c, p) => {
+    const e = p as SnapshotsForgotten;
+    await c.query(
+      "UPDATE snapshots SET forgotten_at = COALESCE(forgotten_at, $3) WHERE repository = $1 AND snapshot_id = ANY($2::text[])",
+      [e.repository, e.snapshotIds, e.at ?? new Date()],
+    );
+  },
+  "iotvault.v1.SnapshotHold": async (c, p) => {
+    const e = p as SnapshotHold;
+    await c.query("UPDATE snapshots SET held = $3, hold_reason = $4 WHERE repository = $1 AND snapshot_id = $2", [
+      e.repository,
+      e.snapshotId,
+      e.held,
+      e.held ? e.reason : "",
+    ]);
+  },
+  "iotvault.v1.PruneCompleted": async (c, p) => {
+    const e = p as PruneCompleted;
+    await c.query(
+      "INSERT INTO prunes (repository, result, trace_id, started_at, finished_at) VALUES ($1,$2,$3,$4,$5)",
+      [e.repository, json(PruneCompleted.toJSON(e)), e.traceId || null, e.startedAt ?? null, e.finishedAt ?? null],
+    );
+  },
   "iotvault.v1.RestoreStarted": async (c, p) => {
     const e = p as RestoreStarted;
     await c.query(
@@ -435,6 +546,8 @@ interface RunRow {
 }
 
 interface SnapshotRow {
+  held: boolean;
+  hold_reason: string;
   snapshot_id: string;
   repository: string;
   job_id: string;
@@ -485,9 +598,10 @@ function toSnapshot(r: SnapshotRow): Snapshot {
     hostname: r.hostname,
     time: r.time,
     stats: r.stats ? BackupStats.fromJSON(r.stats) : undefined,
+    held: r.held,
+    holdReason: r.hold_reason,
   };
 }
-
 
 async function connectOrExplain(pool: pg.Pool, url: string): Promise<pg.PoolClient> {
   try {

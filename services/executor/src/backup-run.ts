@@ -114,6 +114,7 @@ export async function runBackup(deps: BackupRunDeps, msg: BusMessage<BackupReque
         },
       });
       let committed: { snapshot: SnapshotManifest; stats: BackupStatsInfo };
+      let warnings = 0;
       try {
         await tracer().startActiveSpan(
           "executor.read-source",
@@ -131,7 +132,12 @@ export async function runBackup(deps: BackupRunDeps, msg: BusMessage<BackupReque
                   progress({ bytesDone: p.bytesDone, filesDone: p.filesDone, currentPath: p.currentPath });
                 },
               });
-              span.setAttributes({ "iotvault.files": counts.files, "iotvault.bytes": counts.bytes });
+              span.setAttributes({
+                "iotvault.files": counts.files,
+                "iotvault.bytes": counts.bytes,
+                "iotvault.warnings": counts.warnings,
+              });
+              warnings = counts.warnings;
             } finally {
               span.end();
             }
@@ -148,7 +154,7 @@ export async function runBackup(deps: BackupRunDeps, msg: BusMessage<BackupReque
               time: startedAt,
               tags: [],
               labels: job.labels,
-              metadata: { site: job.site, trigger: req.trigger, executor },
+              metadata: { site: job.site, trigger: req.trigger, executor, warnings },
             });
           } finally {
             span.end();
@@ -244,7 +250,7 @@ async function publishCompleted(
       source: job.source,
       site: job.site,
       executor: ctx.executor,
-      stats: toProtoStats(stats),
+      stats: toProtoStats(stats, typeof snapshot.metadata["warnings"] === "number" ? snapshot.metadata["warnings"] : 0),
       startedAt: ctx.startedAt,
       finishedAt: new Date(),
       traceId: ctx.traceId,
@@ -255,9 +261,11 @@ async function publishCompleted(
   );
 }
 
-export function toProtoStats(s: BackupStatsInfo): BackupStats {
+/** The run's counters; `warnings` comes from the manifest's metadata (the source's count). */
+export function toProtoStats(s: BackupStatsInfo, warnings: number): BackupStats {
   const b = (n: number) => BigInt(Math.max(0, Math.round(n)));
   return {
+    warnings: b(warnings),
     filesNew: b(s.filesNew),
     filesChanged: b(s.filesChanged),
     filesUnchanged: b(s.filesUnchanged),

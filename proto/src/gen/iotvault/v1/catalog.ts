@@ -12,6 +12,8 @@ import {
   Client,
   type ClientOptions,
   type ClientUnaryCall,
+  type ClientWritableStream,
+  type handleClientStreamingCall,
   type handleUnaryCall,
   makeGenericClientConstructor,
   type Metadata,
@@ -73,7 +75,12 @@ export interface Snapshot {
   parentSnapshotId: string;
   hostname: string;
   time?: Date | undefined;
-  stats?: BackupStats | undefined;
+  stats?:
+    | BackupStats
+    | undefined;
+  /** A held snapshot is never forgotten by a retention policy. */
+  held: boolean;
+  holdReason: string;
 }
 
 export interface ListRunsRequest {
@@ -113,6 +120,21 @@ export interface GetSnapshotRequest {
 
 export interface GetSnapshotResponse {
   snapshot?: Snapshot | undefined;
+}
+
+export interface RebuildRepositoryRequest {
+  part?:
+    | //
+    /** First message: the repository the snapshots belong to. */
+    { $case: "repository"; value: string }
+    | { $case: "snapshot"; value: Snapshot }
+    | undefined;
+}
+
+export interface RebuildRepositoryResponse {
+  snapshotsSeen: bigint;
+  snapshotsAdded: bigint;
+  snapshotsForgotten: bigint;
 }
 
 function createBaseRun(): Run {
@@ -559,6 +581,8 @@ function createBaseSnapshot(): Snapshot {
     hostname: "",
     time: undefined,
     stats: undefined,
+    held: false,
+    holdReason: "",
   };
 }
 
@@ -596,6 +620,12 @@ export const Snapshot: MessageFns<Snapshot> = {
     }
     if (message.stats !== undefined) {
       BackupStats.encode(message.stats, writer.uint32(90).fork()).join();
+    }
+    if (message.held !== false) {
+      writer.uint32(96).bool(message.held);
+    }
+    if (message.holdReason !== "") {
+      writer.uint32(106).string(message.holdReason);
     }
     return writer;
   },
@@ -701,6 +731,22 @@ export const Snapshot: MessageFns<Snapshot> = {
             message.stats = BackupStats.decode(reader, reader.uint32());
             continue;
           }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.held = reader.bool();
+            continue;
+          }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.holdReason = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -750,6 +796,12 @@ export const Snapshot: MessageFns<Snapshot> = {
       hostname: isSet(object.hostname) ? globalThis.String(object.hostname) : "",
       time: isSet(object.time) ? fromJsonTimestamp(object.time) : undefined,
       stats: isSet(object.stats) ? BackupStats.fromJSON(object.stats) : undefined,
+      held: isSet(object.held) ? globalThis.Boolean(object.held) : false,
+      holdReason: isSet(object.holdReason)
+        ? globalThis.String(object.holdReason)
+        : isSet(object.hold_reason)
+        ? globalThis.String(object.hold_reason)
+        : "",
     };
   },
 
@@ -788,6 +840,12 @@ export const Snapshot: MessageFns<Snapshot> = {
     if (message.stats !== undefined) {
       obj.stats = BackupStats.toJSON(message.stats);
     }
+    if (message.held !== undefined) {
+      obj.held = message.held;
+    }
+    if (message.holdReason !== undefined) {
+      obj.holdReason = message.holdReason;
+    }
     return obj;
   },
 
@@ -809,6 +867,8 @@ export const Snapshot: MessageFns<Snapshot> = {
     message.stats = (object.stats !== undefined && object.stats !== null)
       ? BackupStats.fromPartial(object.stats)
       : undefined;
+    message.held = object.held ?? false;
+    message.holdReason = object.holdReason ?? "";
     return message;
   },
 };
@@ -1435,6 +1495,235 @@ export const GetSnapshotResponse: MessageFns<GetSnapshotResponse> = {
   },
 };
 
+function createBaseRebuildRepositoryRequest(): RebuildRepositoryRequest {
+  return { part: undefined };
+}
+
+export const RebuildRepositoryRequest: MessageFns<RebuildRepositoryRequest> = {
+  encode(message: RebuildRepositoryRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    switch (message.part?.$case) {
+      case "repository":
+        writer.uint32(10).string(message.part.value);
+        break;
+      case "snapshot":
+        Snapshot.encode(message.part.value, writer.uint32(18).fork()).join();
+        break;
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RebuildRepositoryRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRebuildRepositoryRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.part = { $case: "repository", value: reader.string() };
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.part = { $case: "snapshot", value: Snapshot.decode(reader, reader.uint32()) };
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RebuildRepositoryRequest {
+    return {
+      part: isSet(object.repository)
+        ? { $case: "repository", value: globalThis.String(object.repository) }
+        : isSet(object.snapshot)
+        ? { $case: "snapshot", value: Snapshot.fromJSON(object.snapshot) }
+        : undefined,
+    };
+  },
+
+  toJSON(message: RebuildRepositoryRequest): unknown {
+    const obj: any = {};
+    if (message.part?.$case === "repository") {
+      obj.repository = message.part.value;
+    } else if (message.part?.$case === "snapshot") {
+      obj.snapshot = Snapshot.toJSON(message.part.value);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<RebuildRepositoryRequest>): RebuildRepositoryRequest {
+    return RebuildRepositoryRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RebuildRepositoryRequest>): RebuildRepositoryRequest {
+    const message = createBaseRebuildRepositoryRequest();
+    switch (object.part?.$case) {
+      case "repository": {
+        if (object.part?.value !== undefined && object.part?.value !== null) {
+          message.part = { $case: "repository", value: object.part.value };
+        }
+        break;
+      }
+      case "snapshot": {
+        if (object.part?.value !== undefined && object.part?.value !== null) {
+          message.part = { $case: "snapshot", value: Snapshot.fromPartial(object.part.value) };
+        }
+        break;
+      }
+    }
+    return message;
+  },
+};
+
+function createBaseRebuildRepositoryResponse(): RebuildRepositoryResponse {
+  return { snapshotsSeen: 0n, snapshotsAdded: 0n, snapshotsForgotten: 0n };
+}
+
+export const RebuildRepositoryResponse: MessageFns<RebuildRepositoryResponse> = {
+  encode(message: RebuildRepositoryResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.snapshotsSeen !== 0n) {
+      if (BigInt.asUintN(64, message.snapshotsSeen) !== message.snapshotsSeen) {
+        throw new globalThis.Error("value provided for field message.snapshotsSeen of type uint64 too large");
+      }
+      writer.uint32(8).uint64(message.snapshotsSeen);
+    }
+    if (message.snapshotsAdded !== 0n) {
+      if (BigInt.asUintN(64, message.snapshotsAdded) !== message.snapshotsAdded) {
+        throw new globalThis.Error("value provided for field message.snapshotsAdded of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.snapshotsAdded);
+    }
+    if (message.snapshotsForgotten !== 0n) {
+      if (BigInt.asUintN(64, message.snapshotsForgotten) !== message.snapshotsForgotten) {
+        throw new globalThis.Error("value provided for field message.snapshotsForgotten of type uint64 too large");
+      }
+      writer.uint32(24).uint64(message.snapshotsForgotten);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RebuildRepositoryResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRebuildRepositoryResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.snapshotsSeen = reader.uint64() as bigint;
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.snapshotsAdded = reader.uint64() as bigint;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.snapshotsForgotten = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RebuildRepositoryResponse {
+    return {
+      snapshotsSeen: isSet(object.snapshotsSeen)
+        ? BigInt(object.snapshotsSeen)
+        : isSet(object.snapshots_seen)
+        ? BigInt(object.snapshots_seen)
+        : 0n,
+      snapshotsAdded: isSet(object.snapshotsAdded)
+        ? BigInt(object.snapshotsAdded)
+        : isSet(object.snapshots_added)
+        ? BigInt(object.snapshots_added)
+        : 0n,
+      snapshotsForgotten: isSet(object.snapshotsForgotten)
+        ? BigInt(object.snapshotsForgotten)
+        : isSet(object.snapshots_forgotten)
+        ? BigInt(object.snapshots_forgotten)
+        : 0n,
+    };
+  },
+
+  toJSON(message: RebuildRepositoryResponse): unknown {
+    const obj: any = {};
+    if (message.snapshotsSeen !== undefined) {
+      obj.snapshotsSeen = message.snapshotsSeen.toString();
+    }
+    if (message.snapshotsAdded !== undefined) {
+      obj.snapshotsAdded = message.snapshotsAdded.toString();
+    }
+    if (message.snapshotsForgotten !== undefined) {
+      obj.snapshotsForgotten = message.snapshotsForgotten.toString();
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<RebuildRepositoryResponse>): RebuildRepositoryResponse {
+    return RebuildRepositoryResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RebuildRepositoryResponse>): RebuildRepositoryResponse {
+    const message = createBaseRebuildRepositoryResponse();
+    message.snapshotsSeen = (object.snapshotsSeen !== undefined && object.snapshotsSeen !== null)
+      ? BigInt(object.snapshotsSeen)
+      : 0n;
+    message.snapshotsAdded = (object.snapshotsAdded !== undefined && object.snapshotsAdded !== null)
+      ? BigInt(object.snapshotsAdded)
+      : 0n;
+    message.snapshotsForgotten = (object.snapshotsForgotten !== undefined && object.snapshotsForgotten !== null)
+      ? BigInt(object.snapshotsForgotten)
+      : 0n;
+    return message;
+  },
+};
+
 /** The system's memory: runs and snapshots, kept from the events of the other services. */
 export type CatalogServiceService = typeof CatalogServiceService;
 export const CatalogServiceService = {
@@ -1475,6 +1764,22 @@ export const CatalogServiceService = {
     responseSerialize: (value: GetSnapshotResponse): Buffer => Buffer.from(GetSnapshotResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): GetSnapshotResponse => GetSnapshotResponse.decode(value),
   },
+  /**
+   * Client stream: a header naming the repository, then every snapshot the repository holds
+   * (read from the repository alone by the caller). The catalog adds what it lacks and marks as
+   * forgotten what the repository no longer has.
+   */
+  rebuildRepository: {
+    path: "/iotvault.v1.CatalogService/RebuildRepository" as const,
+    requestStream: true as const,
+    responseStream: false as const,
+    requestSerialize: (value: RebuildRepositoryRequest): Buffer =>
+      Buffer.from(RebuildRepositoryRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RebuildRepositoryRequest => RebuildRepositoryRequest.decode(value),
+    responseSerialize: (value: RebuildRepositoryResponse): Buffer =>
+      Buffer.from(RebuildRepositoryResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RebuildRepositoryResponse => RebuildRepositoryResponse.decode(value),
+  },
 } as const;
 
 export interface CatalogServiceServer extends UntypedServiceImplementation {
@@ -1482,6 +1787,12 @@ export interface CatalogServiceServer extends UntypedServiceImplementation {
   getRun: handleUnaryCall<GetRunRequest, GetRunResponse>;
   listSnapshots: handleUnaryCall<ListSnapshotsRequest, ListSnapshotsResponse>;
   getSnapshot: handleUnaryCall<GetSnapshotRequest, GetSnapshotResponse>;
+  /**
+   * Client stream: a header naming the repository, then every snapshot the repository holds
+   * (read from the repository alone by the caller). The catalog adds what it lacks and marks as
+   * forgotten what the repository no longer has.
+   */
+  rebuildRepository: handleClientStreamingCall<RebuildRepositoryRequest, RebuildRepositoryResponse>;
 }
 
 export interface CatalogServiceClient extends Client {
@@ -1545,6 +1856,27 @@ export interface CatalogServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: GetSnapshotResponse) => void,
   ): ClientUnaryCall;
+  /**
+   * Client stream: a header naming the repository, then every snapshot the repository holds
+   * (read from the repository alone by the caller). The catalog adds what it lacks and marks as
+   * forgotten what the repository no longer has.
+   */
+  rebuildRepository(
+    callback: (error: ServiceError | null, response: RebuildRepositoryResponse) => void,
+  ): ClientWritableStream<RebuildRepositoryRequest>;
+  rebuildRepository(
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: RebuildRepositoryResponse) => void,
+  ): ClientWritableStream<RebuildRepositoryRequest>;
+  rebuildRepository(
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: RebuildRepositoryResponse) => void,
+  ): ClientWritableStream<RebuildRepositoryRequest>;
+  rebuildRepository(
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: RebuildRepositoryResponse) => void,
+  ): ClientWritableStream<RebuildRepositoryRequest>;
 }
 
 export const CatalogServiceClient = makeGenericClientConstructor(

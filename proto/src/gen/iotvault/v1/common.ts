@@ -187,12 +187,33 @@ export interface Job {
   /** A paused job keeps its definition but fires no scheduled runs. */
   paused: boolean;
   createdAt?: Date | undefined;
-  updatedAt?: Date | undefined;
+  updatedAt?:
+    | Date
+    | undefined;
+  /**
+   * Which snapshots of this job to keep; applied after each successful run (forget). Empty
+   * keeps everything.
+   */
+  retention?: RetentionPolicy | undefined;
 }
 
 export interface Job_LabelsEntry {
   key: string;
   value: string;
+}
+
+/** Which snapshots to keep (the union of the rules; held snapshots are always kept). */
+export interface RetentionPolicy {
+  /** The n newest snapshots. */
+  keepLast: number;
+  /** The newest snapshot of each of the n newest hours (days, ISO weeks, months, years) that have one. */
+  keepHourly: number;
+  keepDaily: number;
+  keepWeekly: number;
+  keepMonthly: number;
+  keepYearly: number;
+  /** Every snapshot younger than this many days. */
+  retentionDays: number;
 }
 
 /** Counters of one backup run. */
@@ -214,6 +235,11 @@ export interface BackupStats {
   chunksNew: bigint;
   packsWritten: bigint;
   durationMs: bigint;
+  /**
+   * Items the source could not back up (unreadable, vanished, unsupported type or name); each
+   * is named in the executor's log. A run with warnings still succeeds.
+   */
+  warnings: bigint;
 }
 
 /** A failure, as carried in events and results. Never contains secrets. */
@@ -254,6 +280,7 @@ function createBaseJob(): Job {
     paused: false,
     createdAt: undefined,
     updatedAt: undefined,
+    retention: undefined,
   };
 }
 
@@ -300,6 +327,9 @@ export const Job: MessageFns<Job> = {
     }
     if (message.updatedAt !== undefined) {
       Timestamp.encode(toTimestamp(message.updatedAt), writer.uint32(114).fork()).join();
+    }
+    if (message.retention !== undefined) {
+      RetentionPolicy.encode(message.retention, writer.uint32(122).fork()).join();
     }
     return writer;
   },
@@ -432,6 +462,14 @@ export const Job: MessageFns<Job> = {
             message.updatedAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
             continue;
           }
+          case 15: {
+            if (tag !== 122) {
+              break;
+            }
+
+            message.retention = RetentionPolicy.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -489,6 +527,7 @@ export const Job: MessageFns<Job> = {
         : isSet(object.updated_at)
         ? fromJsonTimestamp(object.updated_at)
         : undefined,
+      retention: isSet(object.retention) ? RetentionPolicy.fromJSON(object.retention) : undefined,
     };
   },
 
@@ -542,6 +581,9 @@ export const Job: MessageFns<Job> = {
     if (message.updatedAt !== undefined) {
       obj.updatedAt = message.updatedAt.toISOString();
     }
+    if (message.retention !== undefined) {
+      obj.retention = RetentionPolicy.toJSON(message.retention);
+    }
     return obj;
   },
 
@@ -572,6 +614,9 @@ export const Job: MessageFns<Job> = {
     message.paused = object.paused ?? false;
     message.createdAt = object.createdAt ?? undefined;
     message.updatedAt = object.updatedAt ?? undefined;
+    message.retention = (object.retention !== undefined && object.retention !== null)
+      ? RetentionPolicy.fromPartial(object.retention)
+      : undefined;
     return message;
   },
 };
@@ -661,6 +706,199 @@ export const Job_LabelsEntry: MessageFns<Job_LabelsEntry> = {
   },
 };
 
+function createBaseRetentionPolicy(): RetentionPolicy {
+  return { keepLast: 0, keepHourly: 0, keepDaily: 0, keepWeekly: 0, keepMonthly: 0, keepYearly: 0, retentionDays: 0 };
+}
+
+export const RetentionPolicy: MessageFns<RetentionPolicy> = {
+  encode(message: RetentionPolicy, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.keepLast !== 0) {
+      writer.uint32(8).uint32(message.keepLast);
+    }
+    if (message.keepHourly !== 0) {
+      writer.uint32(16).uint32(message.keepHourly);
+    }
+    if (message.keepDaily !== 0) {
+      writer.uint32(24).uint32(message.keepDaily);
+    }
+    if (message.keepWeekly !== 0) {
+      writer.uint32(32).uint32(message.keepWeekly);
+    }
+    if (message.keepMonthly !== 0) {
+      writer.uint32(40).uint32(message.keepMonthly);
+    }
+    if (message.keepYearly !== 0) {
+      writer.uint32(48).uint32(message.keepYearly);
+    }
+    if (message.retentionDays !== 0) {
+      writer.uint32(56).uint32(message.retentionDays);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RetentionPolicy {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRetentionPolicy();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.keepLast = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.keepHourly = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.keepDaily = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.keepWeekly = reader.uint32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.keepMonthly = reader.uint32();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.keepYearly = reader.uint32();
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.retentionDays = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RetentionPolicy {
+    return {
+      keepLast: isSet(object.keepLast)
+        ? globalThis.Number(object.keepLast)
+        : isSet(object.keep_last)
+        ? globalThis.Number(object.keep_last)
+        : 0,
+      keepHourly: isSet(object.keepHourly)
+        ? globalThis.Number(object.keepHourly)
+        : isSet(object.keep_hourly)
+        ? globalThis.Number(object.keep_hourly)
+        : 0,
+      keepDaily: isSet(object.keepDaily)
+        ? globalThis.Number(object.keepDaily)
+        : isSet(object.keep_daily)
+        ? globalThis.Number(object.keep_daily)
+        : 0,
+      keepWeekly: isSet(object.keepWeekly)
+        ? globalThis.Number(object.keepWeekly)
+        : isSet(object.keep_weekly)
+        ? globalThis.Number(object.keep_weekly)
+        : 0,
+      keepMonthly: isSet(object.keepMonthly)
+        ? globalThis.Number(object.keepMonthly)
+        : isSet(object.keep_monthly)
+        ? globalThis.Number(object.keep_monthly)
+        : 0,
+      keepYearly: isSet(object.keepYearly)
+        ? globalThis.Number(object.keepYearly)
+        : isSet(object.keep_yearly)
+        ? globalThis.Number(object.keep_yearly)
+        : 0,
+      retentionDays: isSet(object.retentionDays)
+        ? globalThis.Number(object.retentionDays)
+        : isSet(object.retention_days)
+        ? globalThis.Number(object.retention_days)
+        : 0,
+    };
+  },
+
+  toJSON(message: RetentionPolicy): unknown {
+    const obj: any = {};
+    if (message.keepLast !== undefined) {
+      obj.keepLast = Math.round(message.keepLast);
+    }
+    if (message.keepHourly !== undefined) {
+      obj.keepHourly = Math.round(message.keepHourly);
+    }
+    if (message.keepDaily !== undefined) {
+      obj.keepDaily = Math.round(message.keepDaily);
+    }
+    if (message.keepWeekly !== undefined) {
+      obj.keepWeekly = Math.round(message.keepWeekly);
+    }
+    if (message.keepMonthly !== undefined) {
+      obj.keepMonthly = Math.round(message.keepMonthly);
+    }
+    if (message.keepYearly !== undefined) {
+      obj.keepYearly = Math.round(message.keepYearly);
+    }
+    if (message.retentionDays !== undefined) {
+      obj.retentionDays = Math.round(message.retentionDays);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<RetentionPolicy>): RetentionPolicy {
+    return RetentionPolicy.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RetentionPolicy>): RetentionPolicy {
+    const message = createBaseRetentionPolicy();
+    message.keepLast = object.keepLast ?? 0;
+    message.keepHourly = object.keepHourly ?? 0;
+    message.keepDaily = object.keepDaily ?? 0;
+    message.keepWeekly = object.keepWeekly ?? 0;
+    message.keepMonthly = object.keepMonthly ?? 0;
+    message.keepYearly = object.keepYearly ?? 0;
+    message.retentionDays = object.retentionDays ?? 0;
+    return message;
+  },
+};
+
 function createBaseBackupStats(): BackupStats {
   return {
     filesNew: 0n,
@@ -676,6 +914,7 @@ function createBaseBackupStats(): BackupStats {
     chunksNew: 0n,
     packsWritten: 0n,
     durationMs: 0n,
+    warnings: 0n,
   };
 }
 
@@ -758,6 +997,12 @@ export const BackupStats: MessageFns<BackupStats> = {
         throw new globalThis.Error("value provided for field message.durationMs of type uint64 too large");
       }
       writer.uint32(104).uint64(message.durationMs);
+    }
+    if (message.warnings !== 0n) {
+      if (BigInt.asUintN(64, message.warnings) !== message.warnings) {
+        throw new globalThis.Error("value provided for field message.warnings of type uint64 too large");
+      }
+      writer.uint32(112).uint64(message.warnings);
     }
     return writer;
   },
@@ -879,6 +1124,14 @@ export const BackupStats: MessageFns<BackupStats> = {
             message.durationMs = reader.uint64() as bigint;
             continue;
           }
+          case 14: {
+            if (tag !== 112) {
+              break;
+            }
+
+            message.warnings = reader.uint64() as bigint;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -950,6 +1203,7 @@ export const BackupStats: MessageFns<BackupStats> = {
         : isSet(object.duration_ms)
         ? BigInt(object.duration_ms)
         : 0n,
+      warnings: isSet(object.warnings) ? BigInt(object.warnings) : 0n,
     };
   },
 
@@ -994,6 +1248,9 @@ export const BackupStats: MessageFns<BackupStats> = {
     if (message.durationMs !== undefined) {
       obj.durationMs = message.durationMs.toString();
     }
+    if (message.warnings !== undefined) {
+      obj.warnings = message.warnings.toString();
+    }
     return obj;
   },
 
@@ -1029,6 +1286,7 @@ export const BackupStats: MessageFns<BackupStats> = {
     message.durationMs = (object.durationMs !== undefined && object.durationMs !== null)
       ? BigInt(object.durationMs)
       : 0n;
+    message.warnings = (object.warnings !== undefined && object.warnings !== null) ? BigInt(object.warnings) : 0n;
     return message;
   },
 };

@@ -224,6 +224,46 @@ export interface VerifyFailed {
   traceId: string;
 }
 
+/**
+ * iotvault.events.snapshot.forgotten: snapshots removed from a repository by a retention policy
+ * (their data is freed by the next prune).
+ */
+export interface SnapshotsForgotten {
+  repository: string;
+  /** Empty when several jobs were concerned. */
+  jobId: string;
+  snapshotIds: string[];
+  /** The policy applied, e.g. "keep last 7, daily 14". */
+  policy: string;
+  at?: Date | undefined;
+  traceId: string;
+}
+
+/** iotvault.events.snapshot.held and iotvault.events.snapshot.released */
+export interface SnapshotHold {
+  repository: string;
+  snapshotId: string;
+  reason: string;
+  /** True for a hold, false for its release. */
+  held: boolean;
+  by: string;
+  at?: Date | undefined;
+}
+
+/** iotvault.events.prune.completed: unreferenced data was removed from a repository. */
+export interface PruneCompleted {
+  repository: string;
+  snapshots: bigint;
+  packsDeleted: bigint;
+  packsRepacked: bigint;
+  orphanPacksDeleted: bigint;
+  bytesFreed: bigint;
+  bytesRepacked: bigint;
+  startedAt?: Date | undefined;
+  finishedAt?: Date | undefined;
+  traceId: string;
+}
+
 /** iotvault.events.wal.archived: a PostgreSQL WAL segment is stored in a repository. */
 export interface WalArchived {
   repository: string;
@@ -3491,6 +3531,604 @@ export const VerifyFailed: MessageFns<VerifyFailed> = {
       ? ErrorInfo.fromPartial(object.error)
       : undefined;
     message.at = object.at ?? undefined;
+    message.traceId = object.traceId ?? "";
+    return message;
+  },
+};
+
+function createBaseSnapshotsForgotten(): SnapshotsForgotten {
+  return { repository: "", jobId: "", snapshotIds: [], policy: "", at: undefined, traceId: "" };
+}
+
+export const SnapshotsForgotten: MessageFns<SnapshotsForgotten> = {
+  encode(message: SnapshotsForgotten, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.repository !== "") {
+      writer.uint32(10).string(message.repository);
+    }
+    if (message.jobId !== "") {
+      writer.uint32(18).string(message.jobId);
+    }
+    for (const v of message.snapshotIds) {
+      writer.uint32(26).string(v!);
+    }
+    if (message.policy !== "") {
+      writer.uint32(34).string(message.policy);
+    }
+    if (message.at !== undefined) {
+      Timestamp.encode(toTimestamp(message.at), writer.uint32(42).fork()).join();
+    }
+    if (message.traceId !== "") {
+      writer.uint32(50).string(message.traceId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SnapshotsForgotten {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSnapshotsForgotten();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.repository = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.jobId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.snapshotIds.push(reader.string());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.policy = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.at = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.traceId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SnapshotsForgotten {
+    return {
+      repository: isSet(object.repository) ? globalThis.String(object.repository) : "",
+      jobId: isSet(object.jobId)
+        ? globalThis.String(object.jobId)
+        : isSet(object.job_id)
+        ? globalThis.String(object.job_id)
+        : "",
+      snapshotIds: globalThis.Array.isArray(object?.snapshotIds)
+        ? object.snapshotIds.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.snapshot_ids)
+        ? object.snapshot_ids.map((e: any) => globalThis.String(e))
+        : [],
+      policy: isSet(object.policy) ? globalThis.String(object.policy) : "",
+      at: isSet(object.at) ? fromJsonTimestamp(object.at) : undefined,
+      traceId: isSet(object.traceId)
+        ? globalThis.String(object.traceId)
+        : isSet(object.trace_id)
+        ? globalThis.String(object.trace_id)
+        : "",
+    };
+  },
+
+  toJSON(message: SnapshotsForgotten): unknown {
+    const obj: any = {};
+    if (message.repository !== undefined) {
+      obj.repository = message.repository;
+    }
+    if (message.jobId !== undefined) {
+      obj.jobId = message.jobId;
+    }
+    if (message.snapshotIds?.length) {
+      obj.snapshotIds = message.snapshotIds;
+    }
+    if (message.policy !== undefined) {
+      obj.policy = message.policy;
+    }
+    if (message.at !== undefined) {
+      obj.at = message.at.toISOString();
+    }
+    if (message.traceId !== undefined) {
+      obj.traceId = message.traceId;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<SnapshotsForgotten>): SnapshotsForgotten {
+    return SnapshotsForgotten.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<SnapshotsForgotten>): SnapshotsForgotten {
+    const message = createBaseSnapshotsForgotten();
+    message.repository = object.repository ?? "";
+    message.jobId = object.jobId ?? "";
+    message.snapshotIds = object.snapshotIds?.map((e) => e) || [];
+    message.policy = object.policy ?? "";
+    message.at = object.at ?? undefined;
+    message.traceId = object.traceId ?? "";
+    return message;
+  },
+};
+
+function createBaseSnapshotHold(): SnapshotHold {
+  return { repository: "", snapshotId: "", reason: "", held: false, by: "", at: undefined };
+}
+
+export const SnapshotHold: MessageFns<SnapshotHold> = {
+  encode(message: SnapshotHold, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.repository !== "") {
+      writer.uint32(10).string(message.repository);
+    }
+    if (message.snapshotId !== "") {
+      writer.uint32(18).string(message.snapshotId);
+    }
+    if (message.reason !== "") {
+      writer.uint32(26).string(message.reason);
+    }
+    if (message.held !== false) {
+      writer.uint32(32).bool(message.held);
+    }
+    if (message.by !== "") {
+      writer.uint32(42).string(message.by);
+    }
+    if (message.at !== undefined) {
+      Timestamp.encode(toTimestamp(message.at), writer.uint32(50).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SnapshotHold {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSnapshotHold();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.repository = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.snapshotId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.held = reader.bool();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.by = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.at = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SnapshotHold {
+    return {
+      repository: isSet(object.repository) ? globalThis.String(object.repository) : "",
+      snapshotId: isSet(object.snapshotId)
+        ? globalThis.String(object.snapshotId)
+        : isSet(object.snapshot_id)
+        ? globalThis.String(object.snapshot_id)
+        : "",
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+      held: isSet(object.held) ? globalThis.Boolean(object.held) : false,
+      by: isSet(object.by) ? globalThis.String(object.by) : "",
+      at: isSet(object.at) ? fromJsonTimestamp(object.at) : undefined,
+    };
+  },
+
+  toJSON(message: SnapshotHold): unknown {
+    const obj: any = {};
+    if (message.repository !== undefined) {
+      obj.repository = message.repository;
+    }
+    if (message.snapshotId !== undefined) {
+      obj.snapshotId = message.snapshotId;
+    }
+    if (message.reason !== undefined) {
+      obj.reason = message.reason;
+    }
+    if (message.held !== undefined) {
+      obj.held = message.held;
+    }
+    if (message.by !== undefined) {
+      obj.by = message.by;
+    }
+    if (message.at !== undefined) {
+      obj.at = message.at.toISOString();
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<SnapshotHold>): SnapshotHold {
+    return SnapshotHold.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<SnapshotHold>): SnapshotHold {
+    const message = createBaseSnapshotHold();
+    message.repository = object.repository ?? "";
+    message.snapshotId = object.snapshotId ?? "";
+    message.reason = object.reason ?? "";
+    message.held = object.held ?? false;
+    message.by = object.by ?? "";
+    message.at = object.at ?? undefined;
+    return message;
+  },
+};
+
+function createBasePruneCompleted(): PruneCompleted {
+  return {
+    repository: "",
+    snapshots: 0n,
+    packsDeleted: 0n,
+    packsRepacked: 0n,
+    orphanPacksDeleted: 0n,
+    bytesFreed: 0n,
+    bytesRepacked: 0n,
+    startedAt: undefined,
+    finishedAt: undefined,
+    traceId: "",
+  };
+}
+
+export const PruneCompleted: MessageFns<PruneCompleted> = {
+  encode(message: PruneCompleted, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.repository !== "") {
+      writer.uint32(10).string(message.repository);
+    }
+    if (message.snapshots !== 0n) {
+      if (BigInt.asUintN(64, message.snapshots) !== message.snapshots) {
+        throw new globalThis.Error("value provided for field message.snapshots of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.snapshots);
+    }
+    if (message.packsDeleted !== 0n) {
+      if (BigInt.asUintN(64, message.packsDeleted) !== message.packsDeleted) {
+        throw new globalThis.Error("value provided for field message.packsDeleted of type uint64 too large");
+      }
+      writer.uint32(24).uint64(message.packsDeleted);
+    }
+    if (message.packsRepacked !== 0n) {
+      if (BigInt.asUintN(64, message.packsRepacked) !== message.packsRepacked) {
+        throw new globalThis.Error("value provided for field message.packsRepacked of type uint64 too large");
+      }
+      writer.uint32(32).uint64(message.packsRepacked);
+    }
+    if (message.orphanPacksDeleted !== 0n) {
+      if (BigInt.asUintN(64, message.orphanPacksDeleted) !== message.orphanPacksDeleted) {
+        throw new globalThis.Error("value provided for field message.orphanPacksDeleted of type uint64 too large");
+      }
+      writer.uint32(40).uint64(message.orphanPacksDeleted);
+    }
+    if (message.bytesFreed !== 0n) {
+      if (BigInt.asUintN(64, message.bytesFreed) !== message.bytesFreed) {
+        throw new globalThis.Error("value provided for field message.bytesFreed of type uint64 too large");
+      }
+      writer.uint32(48).uint64(message.bytesFreed);
+    }
+    if (message.bytesRepacked !== 0n) {
+      if (BigInt.asUintN(64, message.bytesRepacked) !== message.bytesRepacked) {
+        throw new globalThis.Error("value provided for field message.bytesRepacked of type uint64 too large");
+      }
+      writer.uint32(56).uint64(message.bytesRepacked);
+    }
+    if (message.startedAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.startedAt), writer.uint32(66).fork()).join();
+    }
+    if (message.finishedAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.finishedAt), writer.uint32(74).fork()).join();
+    }
+    if (message.traceId !== "") {
+      writer.uint32(82).string(message.traceId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PruneCompleted {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePruneCompleted();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.repository = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.snapshots = reader.uint64() as bigint;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.packsDeleted = reader.uint64() as bigint;
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.packsRepacked = reader.uint64() as bigint;
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.orphanPacksDeleted = reader.uint64() as bigint;
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.bytesFreed = reader.uint64() as bigint;
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.bytesRepacked = reader.uint64() as bigint;
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.startedAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.finishedAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.traceId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PruneCompleted {
+    return {
+      repository: isSet(object.repository) ? globalThis.String(object.repository) : "",
+      snapshots: isSet(object.snapshots) ? BigInt(object.snapshots) : 0n,
+      packsDeleted: isSet(object.packsDeleted)
+        ? BigInt(object.packsDeleted)
+        : isSet(object.packs_deleted)
+        ? BigInt(object.packs_deleted)
+        : 0n,
+      packsRepacked: isSet(object.packsRepacked)
+        ? BigInt(object.packsRepacked)
+        : isSet(object.packs_repacked)
+        ? BigInt(object.packs_repacked)
+        : 0n,
+      orphanPacksDeleted: isSet(object.orphanPacksDeleted)
+        ? BigInt(object.orphanPacksDeleted)
+        : isSet(object.orphan_packs_deleted)
+        ? BigInt(object.orphan_packs_deleted)
+        : 0n,
+      bytesFreed: isSet(object.bytesFreed)
+        ? BigInt(object.bytesFreed)
+        : isSet(object.bytes_freed)
+        ? BigInt(object.bytes_freed)
+        : 0n,
+      bytesRepacked: isSet(object.bytesRepacked)
+        ? BigInt(object.bytesRepacked)
+        : isSet(object.bytes_repacked)
+        ? BigInt(object.bytes_repacked)
+        : 0n,
+      startedAt: isSet(object.startedAt)
+        ? fromJsonTimestamp(object.startedAt)
+        : isSet(object.started_at)
+        ? fromJsonTimestamp(object.started_at)
+        : undefined,
+      finishedAt: isSet(object.finishedAt)
+        ? fromJsonTimestamp(object.finishedAt)
+        : isSet(object.finished_at)
+        ? fromJsonTimestamp(object.finished_at)
+        : undefined,
+      traceId: isSet(object.traceId)
+        ? globalThis.String(object.traceId)
+        : isSet(object.trace_id)
+        ? globalThis.String(object.trace_id)
+        : "",
+    };
+  },
+
+  toJSON(message: PruneCompleted): unknown {
+    const obj: any = {};
+    if (message.repository !== undefined) {
+      obj.repository = message.repository;
+    }
+    if (message.snapshots !== undefined) {
+      obj.snapshots = message.snapshots.toString();
+    }
+    if (message.packsDeleted !== undefined) {
+      obj.packsDeleted = message.packsDeleted.toString();
+    }
+    if (message.packsRepacked !== undefined) {
+      obj.packsRepacked = message.packsRepacked.toString();
+    }
+    if (message.orphanPacksDeleted !== undefined) {
+      obj.orphanPacksDeleted = message.orphanPacksDeleted.toString();
+    }
+    if (message.bytesFreed !== undefined) {
+      obj.bytesFreed = message.bytesFreed.toString();
+    }
+    if (message.bytesRepacked !== undefined) {
+      obj.bytesRepacked = message.bytesRepacked.toString();
+    }
+    if (message.startedAt !== undefined) {
+      obj.startedAt = message.startedAt.toISOString();
+    }
+    if (message.finishedAt !== undefined) {
+      obj.finishedAt = message.finishedAt.toISOString();
+    }
+    if (message.traceId !== undefined) {
+      obj.traceId = message.traceId;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<PruneCompleted>): PruneCompleted {
+    return PruneCompleted.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<PruneCompleted>): PruneCompleted {
+    const message = createBasePruneCompleted();
+    message.repository = object.repository ?? "";
+    message.snapshots = (object.snapshots !== undefined && object.snapshots !== null) ? BigInt(object.snapshots) : 0n;
+    message.packsDeleted = (object.packsDeleted !== undefined && object.packsDeleted !== null)
+      ? BigInt(object.packsDeleted)
+      : 0n;
+    message.packsRepacked = (object.packsRepacked !== undefined && object.packsRepacked !== null)
+      ? BigInt(object.packsRepacked)
+      : 0n;
+    message.orphanPacksDeleted = (object.orphanPacksDeleted !== undefined && object.orphanPacksDeleted !== null)
+      ? BigInt(object.orphanPacksDeleted)
+      : 0n;
+    message.bytesFreed = (object.bytesFreed !== undefined && object.bytesFreed !== null)
+      ? BigInt(object.bytesFreed)
+      : 0n;
+    message.bytesRepacked = (object.bytesRepacked !== undefined && object.bytesRepacked !== null)
+      ? BigInt(object.bytesRepacked)
+      : 0n;
+    message.startedAt = object.startedAt ?? undefined;
+    message.finishedAt = object.finishedAt ?? undefined;
     message.traceId = object.traceId ?? "";
     return message;
   },
