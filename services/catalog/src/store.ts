@@ -185,7 +185,7 @@ export class CatalogStore {
         seen++;
         await client.query("INSERT INTO rebuild_seen VALUES ($1) ON CONFLICT DO NOTHING", [s.snapshotId]);
         const stats = json(s.stats ? BackupStats.toJSON(s.stats) : undefined);
-        const r = await client.query(
+        const r = await client.query<{ inserted: boolean }>(
           `INSERT INTO snapshots (snapshot_id, repository, job_id, job_name, run_id, backup_type, source,
                                   parent_snapshot_id, hostname, time, stats, held, hold_reason)
            VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)
