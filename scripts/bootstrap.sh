@@ -7,7 +7,8 @@
 #   - npm ci when node_modules is missing or the lock file changed.
 #   - tsc -b (type-check and build every package).
 # With --test (used by test.sh) it also installs what the integration tests start as real
-# servers: openssh-server (SFTP target) and Ceph's radosgw (S3 target).
+# servers: openssh-server (SFTP target), Ceph's radosgw (S3 target) and Virtuoso (a SPARQL
+# Graph Store Protocol endpoint).
 set -euo pipefail
 with_test_deps=false
 [ "${1:-}" = "--test" ] && with_test_deps=true
@@ -56,6 +57,7 @@ apt_install() {
   if $with_test_deps; then
     [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
     command -v radosgw >/dev/null || missing+=(radosgw ceph-mon ceph-osd)
+    command -v virtuoso-t >/dev/null || missing+=(virtuoso-opensource)
   fi
   if [ ${#missing[@]} -gt 0 ]; then
     say "installing Debian packages: ${missing[*]}"

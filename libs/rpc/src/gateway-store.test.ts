@@ -32,6 +32,8 @@ class TestGateway {
   readonly repositories = new Map<string, MemoryStore>();
   readonly chunkSizes: number[] = [];
   readonly headers: PutObjectHeader[] = [];
+  /** What PutObject reports as missing targets, per repository (a replicated repository degraded). */
+  readonly missingTargets = new Map<string, string[]>();
   runningPuts = 0;
 
   private repo(name: string): MemoryStore {
@@ -77,7 +79,11 @@ class TestGateway {
             throw new IotvaultError("DATA_CORRUPT", `object ${header.key}: sha256 mismatch`);
           }
           const { existed } = await this.repo(header.repository).put(header.key, data, { ifAbsent: header.ifAbsent });
-          return { size: BigInt(data.length), existed };
+          return {
+            size: BigInt(data.length),
+            existed,
+            missingTargets: this.missingTargets.get(header.repository) ?? [],
+          };
         } finally {
           this.runningPuts -= 1;
         }
@@ -248,4 +254,21 @@ void test("a gateway that is down is UNAVAILABLE with a hint to start it", { tim
   } finally {
     c.close();
   }
+});
+
+void test("missingTargets() is the union of the targets the gateway reported missing, per store", async () => {
+  const store = await freshStore();
+  const down = ["s3://backups/main?endpoint=minio:9000&region=us-east-1&tls=false", "file:///srv/replica"];
+  assert.deepEqual(store.missingTargets(), []);
+  await store.put("config", Buffer.from("all targets up"));
+  assert.deepEqual(store.missingTargets(), []);
+  gateway.missingTargets.set(store.repository, [down[1]!]);
+  await store.put("data/ab/p1", randomBytes(10));
+  gateway.missingTargets.set(store.repository, [down[0]!, down[1]!]);
+  await store.put("data/ab/p2", randomBytes(10));
+  gateway.missingTargets.delete(store.repository);
+  await store.put("data/ab/p3", randomBytes(10));
+  assert.deepEqual(store.missingTargets(), [...down].sort(), "kept after later complete puts, each once");
+  const other = new GatewayObjectStore(client!, store.repository, { address: server!.address });
+  assert.deepEqual(other.missingTargets(), [], "each store (each backup run) starts clean");
 });

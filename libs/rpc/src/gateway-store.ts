@@ -1,6 +1,12 @@
 import { createHash } from "node:crypto";
 import { IotvaultError, isNotFound } from "@iotvault/errors";
-import type { PutObjectRequest, StorageGatewayServiceClient } from "@iotvault/proto";
+import { Metadata } from "@grpc/grpc-js";
+import {
+  GetObjectRequest,
+  PutObjectRequest,
+  PutObjectResponse,
+  type StorageGatewayServiceClient,
+} from "@iotvault/proto";
 import {
   checkKey,
   checkPrefix,
@@ -9,10 +15,80 @@ import {
   type ObjectStore,
   type PutOptions,
 } from "@iotvault/storage";
-import { callClientStream, callServerStream, callUnary, registerClient } from "./client.js";
+import {
+  callClientStream,
+  callServerStream,
+  callUnary,
+  registerClient,
+  type ClientStreamMethod,
+  type ServerStreamMethod,
+} from "./client.js";
 
 /** Data messages of a put carry at most this many bytes (the gateway's limit per message). */
 export const GATEWAY_CHUNK_BYTES = 1024 * 1024;
+
+/**
+ * A put option a caller MAY add when it knows the lower-case hex SHA-256 of the data (a
+ * repository knows it for a pack: it is the pack's id): the store then does not hash the data
+ * again. The gateway still checks the received bytes against it.
+ */
+export interface KnownSha256 {
+  sha256?: string | undefined;
+}
+
+const PUT_PATH = "/iotvault.v1.StorageGatewayService/PutObject";
+const GET_PATH = "/iotvault.v1.StorageGatewayService/GetObject";
+const SHA256_HEX = /^[0-9a-f]{64}$/;
+
+/**
+ * A PutObjectRequest data message, encoded by hand in one copy: field 2 (bytes) = tag 0x12,
+ * varint length, the bytes. (The generated encoder copies each MiB three or four times.)
+ */
+function encodeDataMessage(data: Uint8Array): Buffer {
+  let n = data.length;
+  const varint: number[] = [];
+  do {
+    varint.push((n & 0x7f) | (n > 0x7f ? 0x80 : 0));
+    n = Math.floor(n / 128);
+  } while (n > 0);
+  const out = Buffer.allocUnsafe(1 + varint.length + data.length);
+  out[0] = 0x12;
+  for (let i = 0; i < varint.length; i++) out[1 + i] = varint[i]!;
+  out.set(data, 1 + varint.length);
+  return out;
+}
+
+/**
+ * The data of a GetObjectResponse as a view of the received message (no copy): field 1 (bytes)
+ * = tag 0x0a, varint length, the bytes; other fields are skipped as protobuf allows.
+ */
+function decodeGetResponse(message: Buffer): { data: Buffer } {
+  let data = message.subarray(0, 0);
+  let pos = 0;
+  const varint = (): number => {
+    let value = 0;
+    for (let shift = 1; pos < message.length; shift *= 128) {
+      const b = message[pos++]!;
+      value += (b & 0x7f) * shift;
+      if (b < 0x80) return value;
+    }
+    throw new IotvaultError("DATA_CORRUPT", "a GetObject message from the gateway is malformed");
+  };
+  while (pos < message.length) {
+    const tag = varint();
+    const wire = tag & 7;
+    if (wire === 2) {
+      const length = varint();
+      if (pos + length > message.length) throw new IotvaultError("DATA_CORRUPT", "a GetObject message is cut off");
+      if (tag >>> 3 === 1) data = message.subarray(pos, pos + length);
+      pos += length;
+    } else if (wire === 0) varint();
+    else if (wire === 1) pos += 8;
+    else if (wire === 5) pos += 4;
+    else throw new IotvaultError("DATA_CORRUPT", "a GetObject message from the gateway is malformed");
+  }
+  return { data };
+}
 
 export interface GatewayObjectStoreOptions {
   /** The gateway's address, for `location` and error messages. */
@@ -55,11 +131,21 @@ function cancelled(key: string, operation: string): IotvaultError {
  * `put` streams a header (size, sha256, ifAbsent) then data messages of at most 1 MiB; `get`
  * collects the server stream (with the range) into one Buffer; `list` flattens the batches.
  * Keys and prefixes are checked before any call. Errors are IotvaultErrors.
+ *
+ * A repository with replicas answers a put that a target missed (it was down; the gateway
+ * copies the object later) with that target in `missing_targets`; the store keeps the union of
+ * those it saw, `missingTargets()`, so that a backup run can report itself degraded.
  */
+/** Streams get a deadline of this plus 1 s per MB expected (they must move at least 1 MB/s). */
+const STREAM_DEADLINE_BASE_MS = 120_000;
+/** A listing of a huge repository may take a while; it still ends. */
+const LIST_DEADLINE_MS = 30 * 60_000;
+
 export class GatewayObjectStore implements ObjectStore {
   readonly location: string;
   private readonly unaryDeadlineMs: number;
   private readonly chunkBytes: number;
+  private readonly missing = new Set<string>();
 
   constructor(
     private readonly client: StorageGatewayServiceClient,
@@ -77,24 +163,43 @@ export class GatewayObjectStore implements ObjectStore {
     registerClient(client, { service: "storage-gateway", address: options.address });
   }
 
-  async put(key: string, data: Uint8Array, options: PutOptions = {}): Promise<{ existed: boolean }> {
+  async put(key: string, data: Uint8Array, options: PutOptions & KnownSha256 = {}): Promise<{ existed: boolean }> {
     checkKey(key);
     if (options.signal?.aborted) throw cancelled(key, "put");
     const bytes = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
-    const sha256 = createHash("sha256").update(bytes).digest("hex");
+    const known = options.sha256 !== undefined && SHA256_HEX.test(options.sha256) ? options.sha256 : undefined;
+    const sha256 = known ?? createHash("sha256").update(bytes).digest("hex");
     const { repository, chunkBytes } = this;
-    function* messages(): Generator<PutObjectRequest> {
-      yield {
-        part: {
-          $case: "header",
-          value: { repository, key, size: BigInt(bytes.length), sha256, ifAbsent: options.ifAbsent ?? false },
-        },
-      };
+    const header: PutObjectRequest = {
+      part: {
+        $case: "header",
+        value: { repository, key, size: BigInt(bytes.length), sha256, ifAbsent: options.ifAbsent ?? false },
+      },
+    };
+    // Messages are serialized here (data messages by hand, in one copy), so the call writes Buffers.
+    function* messages(): Generator<Buffer> {
+      yield Buffer.from(PutObjectRequest.encode(header).finish());
       for (let offset = 0; offset < bytes.length; offset += chunkBytes) {
-        yield { part: { $case: "data", value: bytes.subarray(offset, offset + chunkBytes) } };
+        yield encodeDataMessage(bytes.subarray(offset, offset + chunkBytes));
       }
     }
-    const response = await callClientStream(this.client, "putObject", messages(), { signal: options.signal });
+    const client = this.client;
+    const putObject: ClientStreamMethod<Buffer, PutObjectResponse> = (metadata, callOptions, callback) =>
+      client.makeClientStreamRequest(
+        PUT_PATH,
+        (b: Buffer) => b,
+        (b: Buffer) => PutObjectResponse.decode(b),
+        metadata,
+        callOptions,
+        (err, value) => callback(err, value as PutObjectResponse),
+      );
+    // A hung target (a wedged NFS mount, a stalled network) must not hold a backup forever: the
+    // call gets a deadline of 2 minutes plus 1 s per MB.
+    const response = await callClientStream(this.client, putObject, messages(), {
+      signal: options.signal,
+      deadlineMs: STREAM_DEADLINE_BASE_MS + Math.ceil(bytes.length / 1000),
+    });
+    for (const target of response.missingTargets) this.missing.add(target);
     return { existed: response.existed };
   }
 
@@ -108,11 +213,30 @@ export class GatewayObjectStore implements ObjectStore {
       offset: BigInt(range?.offset ?? 0),
       length: BigInt(range?.length ?? 0),
     };
+    const client = this.client;
+    const getObject: ServerStreamMethod<typeof request, { data: Buffer }> = (req, metadata, callOptions) =>
+      client.makeServerStreamRequest(
+        GET_PATH,
+        (r: typeof request) => Buffer.from(GetObjectRequest.encode(r).finish()),
+        decodeGetResponse,
+        req,
+        metadata ?? new Metadata(),
+        callOptions ?? {},
+      );
     const chunks: Buffer[] = [];
-    for await (const message of callServerStream(this.client, "getObject", request, { signal })) {
+    const expected = range?.length ?? 256 * 1024 * 1024;
+    for await (const message of callServerStream(this.client, getObject, request, {
+      signal,
+      deadlineMs: STREAM_DEADLINE_BASE_MS + Math.ceil(expected / 1000),
+    })) {
       chunks.push(message.data);
     }
-    return Buffer.concat(chunks);
+    return chunks.length === 1 ? Buffer.from(chunks[0]!) : Buffer.concat(chunks);
+  }
+
+  /** Targets of the repository that missed at least one put of this store (sorted, without credentials). */
+  missingTargets(): string[] {
+    return [...this.missing].sort();
   }
 
   async stat(key: string): Promise<ObjectInfo | undefined> {
@@ -127,14 +251,21 @@ export class GatewayObjectStore implements ObjectStore {
       if (!info) return undefined;
       return { key: info.key || key, size: Number(info.size), modifiedAt: info.modifiedAt ?? new Date(0) };
     } catch (err) {
-      if (isNotFound(err)) return undefined;
+      // A missing object is "absent"; an unknown repository is an error (not "no repository here").
+      if (isNotFound(err) && !/unknown repository/.test(err.message)) return undefined;
       throw err;
     }
   }
 
   async *list(prefix: string): AsyncIterable<ObjectInfo> {
     checkPrefix(prefix);
-    for await (const batch of callServerStream(this.client, "listObjects", { repository: this.repository, prefix })) {
+    const calls = { deadlineMs: LIST_DEADLINE_MS };
+    for await (const batch of callServerStream(
+      this.client,
+      "listObjects",
+      { repository: this.repository, prefix },
+      calls,
+    )) {
       for (const info of batch.objects) {
         yield { key: info.key, size: Number(info.size), modifiedAt: info.modifiedAt ?? new Date(0) };
       }

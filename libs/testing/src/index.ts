@@ -21,6 +21,9 @@
 export { findNatsServer, findPostgresBin } from "./binaries.js";
 export { startNats, type NatsServerHandle, type StartNatsOptions } from "./nats-server.js";
 export { freePort } from "./ports.js";
+export { missingRadosgwPrograms, startRadosgw, type RadosgwHandle, type StartRadosgwOptions } from "./radosgw.js";
 export { createTestDatabase, type CreateTestDatabaseOptions, type TestDatabase } from "./postgres.js";
+export { SSHD_TEST_USER, sshdUnavailableReason, startSshd, type SshdHandle, type StartSshdOptions } from "./sshd.js";
+export { startTcpProxy, type TcpProxyHandle } from "./tcp-proxy.js";
 export { tempDir, type TempDir } from "./temp.js";
 export { waitFor, type WaitForOptions } from "./wait.js";

@@ -73,10 +73,10 @@ void describe("StorageGatewayService", () => {
     assert.deepEqual(await filesUnder(gw.repoDir), [], "no object and no temp file");
 
     const ok = await putObject(gw.client, putMessages({ repository, key: "data/ab/p", sha256: sha256(data) }, data));
-    assert.deepEqual(ok, { size: BigInt(data.length), existed: false });
+    assert.deepEqual(ok, { size: BigInt(data.length), existed: false, missingTargets: [] });
     assert.deepEqual(await filesUnder(gw.repoDir), ["data/ab/p"]);
     const again = await putObject(gw.client, putMessages({ repository, key: "data/ab/p", ifAbsent: true }, data));
-    assert.deepEqual(again, { size: BigInt(data.length), existed: true });
+    assert.deepEqual(again, { size: BigInt(data.length), existed: true, missingTargets: [] });
   });
 
   void test("the header must come first, once; oversized objects are refused from the header", async (t) => {
@@ -142,17 +142,22 @@ void describe("StorageGatewayService", () => {
     const gw = await gatewayFor(t);
     const dir = join(gw.root, "new", "repo");
     const url = pathToFileURL(dir).href;
-    const created = await callUnary(gw.client, "createRepository", { name: "backup-2", url });
-    assert.deepEqual(created.repository, { name: "backup-2", targets: [url] });
+    const created = await callUnary(gw.client, "createRepository", { name: "backup-2", url, replicas: [] });
+    const single = { url, available: true, pendingCopies: 0n, lastError: "" };
+    assert.deepEqual(created.repository, { name: "backup-2", targets: [url], targetStatus: [single] });
     assert.equal((await stat(dir)).mode & 0o777, 0o700);
-    const again = await callUnary(gw.client, "createRepository", { name: "backup-2", url: `${url}/` });
-    assert.deepEqual(again.repository, { name: "backup-2", targets: [url] });
+    const again = await callUnary(gw.client, "createRepository", { replicas: [], name: "backup-2", url: `${url}/` });
+    assert.deepEqual(again.repository, { name: "backup-2", targets: [url], targetStatus: [single] });
     await assert.rejects(
-      callUnary(gw.client, "createRepository", { name: "backup-2", url: pathToFileURL(join(gw.root, "other")).href }),
+      callUnary(gw.client, "createRepository", {
+        name: "backup-2",
+        url: pathToFileURL(join(gw.root, "other")).href,
+        replicas: [],
+      }),
       code("ALREADY_EXISTS", /backup-2 already exists/),
     );
     await assert.rejects(
-      callUnary(gw.client, "createRepository", { name: "main", url }),
+      callUnary(gw.client, "createRepository", { name: "main", url, replicas: [] }),
       code("ALREADY_EXISTS", /main already exists/),
     );
     await putObject(gw.client, putMessages({ repository: "backup-2", key: "config" }, Buffer.from("cfg")));
@@ -181,17 +186,21 @@ void describe("StorageGatewayService", () => {
 
   void test("CreateRepository refuses bad names, relative paths and schemes not served yet", async (t) => {
     const gw = await gatewayFor(t);
-    const create = (name: string, url: string) => callUnary(gw.client, "createRepository", { name, url });
+    const create = (name: string, url: string) => callUnary(gw.client, "createRepository", { name, url, replicas: [] });
     const dir = pathToFileURL(join(gw.root, "r")).href;
     await assert.rejects(create("Bad_Name", dir), code("INVALID_ARGUMENT", /invalid repository name/));
     await assert.rejects(create("-x", dir), code("INVALID_ARGUMENT"));
     await assert.rejects(create("ok", "file://relative/path"), code("INVALID_ARGUMENT", /invalid file URL/));
     await assert.rejects(create("ok", "not a url"), code("INVALID_ARGUMENT", /invalid repository URL/));
     await assert.rejects(
-      create("ok", "s3://bucket/prefix?endpoint=127.0.0.1:9000"),
-      code("UNIMPLEMENTED", /scheme s3:\/\//),
+      create("ok", "s3://AKEY:SECRET@bucket/prefix?endpoint=127.0.0.1:9000"),
+      code("INVALID_ARGUMENT", /carries credentials/),
     );
-    await assert.rejects(create("ok", "sftp://backup@host:22/srv/repo"), code("UNIMPLEMENTED", /scheme sftp:\/\//));
+    await assert.rejects(
+      create("ok", "sftp://backup:pw@host:22/srv/repo"),
+      code("INVALID_ARGUMENT", /carries credentials/),
+    );
+    await assert.rejects(create("ok", "ftp://host/srv/repo"), code("UNIMPLEMENTED", /scheme ftp:\/\//));
     const { repositories } = await callUnary(gw.client, "listRepositories", {});
     assert.deepEqual(
       repositories.map((r) => r.name),

@@ -16,11 +16,13 @@ import type {
   PutObjectResponse,
   RepositoryInfo,
   StatObjectRequest,
+  TargetStatus,
   StatObjectResponse,
 } from "@iotvault/proto";
 import {
   checkKey,
   checkPrefix,
+  missingTargetsOf,
   putFromStream,
   readObjectStream,
   type ObjectInfo,
@@ -85,8 +87,14 @@ export class StorageGateway {
         maxBytes: maxObjectBytes,
         signal,
       });
-      span.setAttributes({ "iotvault.bytes": result.existed ? 0 : result.size, "iotvault.existed": result.existed });
-      return { size: BigInt(result.size), existed: result.existed };
+      // A replicated repository reports the targets that were down (the write is degraded).
+      const missingTargets = missingTargetsOf(result);
+      span.setAttributes({
+        "iotvault.bytes": result.existed ? 0 : result.size,
+        "iotvault.existed": result.existed,
+        "iotvault.missing_targets": missingTargets.length,
+      });
+      return { size: BigInt(result.size), existed: result.existed, missingTargets };
     });
   }
 
@@ -107,7 +115,13 @@ export class StorageGateway {
     let bytes = 0;
     try {
       const chunkBytes = this.options.getChunkBytes;
-      for await (const data of readObjectStream(store, request.key, range, { chunkBytes, signal })) {
+      // A bounded range (a restore reads packs in ranges of a few MiB) is read with one call
+      // into one buffer and sent as views of it: no allocation and no thread-pool hop per message.
+      const chunks =
+        length > 0 && length <= BUFFERED_GET_BYTES
+          ? slices(await store.get(request.key, range, signal), chunkBytes)
+          : readObjectStream(store, request.key, range, { chunkBytes, signal });
+      for await (const data of chunks) {
         bytes += data.length;
         yield { data };
       }
@@ -169,9 +183,14 @@ export class StorageGateway {
   }
 
   async createRepository(request: CreateRepositoryRequest): Promise<CreateRepositoryResponse> {
-    const { repository, created } = await this.registry.create(request.name, request.url);
-    if (created)
-      this.logger?.info("repository created", { repository: repository.name, url: redactUrl(repository.url) });
+    const { repository, created } = await this.registry.create(request.name, request.url, request.replicas);
+    if (created) {
+      this.logger?.info("repository created", {
+        repository: repository.name,
+        url: redactUrl(repository.url),
+        replicas: repository.replicas.map((replica) => redactUrl(replica)),
+      });
+    }
     return { repository: toRepositoryInfo(repository) };
   }
 
@@ -189,6 +208,13 @@ export class StorageGateway {
     }
     return part.value;
   }
+}
+
+/** Ranges up to this size are read in one call (see getObject). */
+const BUFFERED_GET_BYTES = 16 * 1024 * 1024;
+
+function* slices(data: Buffer, size: number): Generator<Buffer> {
+  for (let at = 0; at < data.length; at += size) yield data.subarray(at, at + size);
 }
 
 /** The data messages after the header; a second header or an empty message is refused. */
@@ -255,6 +281,19 @@ function toProtoInfo(info: ObjectInfo): ProtoObjectInfo {
   return { key: info.key, size: BigInt(info.size), modifiedAt: info.modifiedAt };
 }
 
+/**
+ * Targets without credentials, primary first, with their status. A repository with one target
+ * is not watched (no journal, nothing to heal): its target is reported available.
+ */
 function toRepositoryInfo(repository: Repository): RepositoryInfo {
-  return { name: repository.name, targets: [redactUrl(repository.url)] };
+  const targets = [repository.url, ...repository.replicas].map((url) => redactUrl(url));
+  const status: TargetStatus[] = repository.replication
+    ? repository.replication.targetStatus().map((t) => ({
+        url: t.url,
+        available: t.available,
+        pendingCopies: BigInt(t.pendingCopies),
+        lastError: t.lastError,
+      }))
+    : [{ url: targets[0]!, available: true, pendingCopies: 0n, lastError: "" }];
+  return { name: repository.name, targets, targetStatus: status };
 }

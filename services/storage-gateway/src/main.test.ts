@@ -73,7 +73,7 @@ void test("dist/main.js serves gRPC health, and SIGTERM drains: the upload in fl
   const client = createClient(StorageGatewayServiceClient, started.address);
   t.after(() => client.close());
   const repoUrl = pathToFileURL(join(started.home, "repos", "main")).href;
-  await callUnary(client, "createRepository", { name: "main", url: repoUrl });
+  await callUnary(client, "createRepository", { name: "main", url: repoUrl, replicas: [] });
 
   // An upload in flight when SIGTERM arrives: header and half the data sent, the rest later.
   const data = randomBytes(4 * 1024 * 1024);
@@ -93,7 +93,7 @@ void test("dist/main.js serves gRPC health, and SIGTERM drains: the upload in fl
   t.after(() => late.close());
   await assert.rejects(callUnary(late, "listRepositories", {}, { deadlineMs: 2000 }), "no new calls while draining");
   release();
-  assert.deepEqual(await upload, { size: BigInt(data.length), existed: false });
+  assert.deepEqual(await upload, { size: BigInt(data.length), existed: false, missingTargets: [] });
   assert.equal(await started.exit, 0, started.stderr());
   assert.match(started.stderr(), /storage-gateway stopped/);
 });
@@ -104,7 +104,7 @@ void test("dist/main.js keeps repositories across restarts and exits 1 with a cl
   const client = createClient(StorageGatewayServiceClient, started.address);
   t.after(() => client.close());
   const repoUrl = pathToFileURL(join(started.home, "repos", "kept")).href;
-  await callUnary(client, "createRepository", { name: "kept", url: repoUrl });
+  await callUnary(client, "createRepository", { name: "kept", url: repoUrl, replicas: [] });
   started.child.kill("SIGINT");
   assert.equal(await started.exit, 0, started.stderr());
 
@@ -113,7 +113,13 @@ void test("dist/main.js keeps repositories across restarts and exits 1 with a cl
   const client2 = createClient(StorageGatewayServiceClient, again.address);
   t.after(() => client2.close());
   const { repositories } = await callUnary(client2, "listRepositories", {});
-  assert.deepEqual(repositories, [{ name: "kept", targets: [repoUrl] }]);
+  assert.deepEqual(repositories, [
+    {
+      name: "kept",
+      targets: [repoUrl],
+      targetStatus: [{ url: repoUrl, available: true, pendingCopies: 0n, lastError: "" }],
+    },
+  ]);
   again.child.kill("SIGTERM");
   assert.equal(await again.exit, 0, again.stderr());
 

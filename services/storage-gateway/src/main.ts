@@ -14,7 +14,7 @@
  */
 import { loadConfig } from "@iotvault/config";
 import { toIotvaultError } from "@iotvault/errors";
-import { createLogger, startTelemetry, type Logger } from "@iotvault/telemetry";
+import { createLogger, exitOnStartupError, startTelemetry, type Logger } from "@iotvault/telemetry";
 import { gatewayOptionsFromEnv } from "./config.js";
 import { startStorageGateway } from "./server.js";
 
@@ -35,6 +35,8 @@ async function main(): Promise<void> {
       listen: config.services.storageGateway.listen,
       stateDir: config.paths.gatewayState,
       repositories: config.storage.repositories,
+      allowedRoots: config.storage.allowedRoots,
+      env: process.env,
       options,
       logger,
     });
@@ -75,17 +77,4 @@ async function drain(serverStopped: Promise<void>, stopTelemetry: () => Promise<
   }
 }
 
-main().catch((err: unknown) => {
-  const e = toIotvaultError(err);
-  const line = {
-    time: new Date().toISOString(),
-    level: "error",
-    service: SERVICE,
-    msg: "storage-gateway failed to start",
-    code: e.code,
-    error: e.message,
-    hint: e.hint,
-  };
-  process.stderr.write(`${JSON.stringify(line)}\n`);
-  process.exit(1);
-});
+main().catch((err: unknown) => exitOnStartupError(SERVICE, err));
