@@ -7,10 +7,12 @@ import { createHash } from "node:crypto";
 import { hostname } from "node:os";
 import { IotvaultError } from "@iotvault/errors";
 import { chunkId } from "./blob.js";
+import { EMPTY_SHA256, type LocalFileStat, type SealedFile } from "./pipeline-core.js";
 import { Chunker } from "./chunker.js";
 import { cancelled, storeError, throwIfAborted, type RepoCore } from "./core.js";
 import { FORMAT_VERSION, snapshotKey, type BlobTypeName } from "./format.js";
 import { Packer } from "./packer.js";
+import type { HeldLock } from "./locks.js";
 import type { ChunkSealer } from "./sealer.js";
 import {
   emptyStats,
@@ -28,6 +30,8 @@ export interface BackupOptions {
   parent?: SnapshotManifest | undefined;
   signal?: AbortSignal | undefined;
   onProgress?: ((p: BackupProgressInfo) => void) | undefined;
+  /** Wait this long for a prune's exclusive lock to go away (default 0: fail at once, retryable). */
+  lockWaitMs?: number | undefined;
 }
 
 export interface BackupProgressInfo {
@@ -42,7 +46,29 @@ export interface BackupProgressInfo {
 export interface AddFileOptions {
   /** The parent snapshot had a file at this path (counts as changed, not new). */
   existedInParent?: boolean | undefined;
+  /**
+   * The caller gives up the content's buffers as it yields them (it never reads or reuses
+   * them again): the writer may move them to a worker thread without copying them, which
+   * leaves them empty. Without it, every piece is copied before the next one is asked for.
+   */
+  transfer?: boolean | undefined;
 }
+
+export interface LocalFileOptions {
+  /** The parent snapshot had a file at this path (counts as changed, not new). */
+  existedInParent?: boolean | undefined;
+  /** Reads to try while the file keeps changing under the read (default 3). */
+  attempts?: number | undefined;
+  /** Builds the file's node from the stat its content was read under (size, chunks, sha256 are filled in). */
+  node(stat: LocalFileStat): Omit<TreeNode, "chunks" | "sha256">;
+}
+
+/** What became of a local file: added to the tree, or not (it vanished, or kept changing). */
+export type LocalFileOutcome =
+  { added: true; node: TreeNode } | { added: false; reason: "changed" | "gone"; message: string };
+
+/** Local files added with addLocalFile should not be larger than this (read whole, in a worker). */
+export const LOCAL_FILE_MAX_BYTES = 8 * 1024 * 1024;
 
 export interface BackupWriter {
   /** The id the snapshot will have (`repo.snapshotIdFor(runId)`). */
@@ -55,6 +81,14 @@ export interface BackupWriter {
     content: AsyncIterable<Uint8Array>,
     options?: AddFileOptions,
   ): Promise<TreeNode>;
+  /**
+   * Adds a local regular file (at most LOCAL_FILE_MAX_BYTES) that the writer reads itself, in a
+   * worker thread: opened with O_NOFOLLOW, read whole, and read again while its fstat before
+   * and after the read disagree (size, mtime, ctime, inode), up to `attempts` times. A file
+   * that vanished, is no longer a regular file, grew past 4 x LOCAL_FILE_MAX_BYTES or kept
+   * changing is not added; the outcome says why. Its place in the tree is the call's place.
+   */
+  addLocalFile(absPath: string, expectedBytes: number, options: LocalFileOptions): Promise<LocalFileOutcome>;
   /** Adds a file node unchanged from the parent snapshot (its chunks are known to exist). */
   addUnchangedFile(node: TreeNode): Promise<void>;
   /** Flushes packs and indexes, writes the tree and the manifest. */
@@ -65,13 +99,18 @@ export interface BackupWriter {
 
 type State = "open" | "committing" | "aborting" | "done";
 
-const EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+/** A file that arrives as one piece of at most this size is chunked, hashed and sealed in a worker. */
+const WHOLE_FILE_BYTES = 8 * 1024 * 1024;
 const noop = (): void => undefined;
+/** Progress callbacks come at most this often. */
+const PROGRESS_INTERVAL_MS = 100;
 
 interface FileContent {
   chunks: string[];
   size: number;
   sha256: string;
+  /** Hands the file's sealed chunks to the packer; called in tree order, so packs hold files in tree order. */
+  accept?: (() => void) | undefined;
 }
 
 /**
@@ -92,6 +131,7 @@ export class BackupSession implements BackupWriter {
   private treeNodes = 0;
   private treeBytes = 0;
   private filesDone = 0;
+  private lastProgress = -Infinity;
   private inputTail: Promise<unknown> = Promise.resolve();
   private treeTail: Promise<unknown> = Promise.resolve();
   private state: State = "open";
@@ -102,7 +142,10 @@ export class BackupSession implements BackupWriter {
     private readonly sealer: ChunkSealer,
     readonly snapshotId: string,
     private readonly options: BackupOptions,
+    /** The shared lock taken by startBackup: checked before the manifest, released when done. */
+    private readonly lock?: HeldLock | undefined,
   ) {
+    sealer.configure({ gear: core.gear, chunker: core.config.chunker });
     this.dataChunker = new Chunker(core.config.chunker, core.gear);
     this.treeChunker = new Chunker(core.config.chunker, core.gear);
     this.packer = new Packer(
@@ -143,9 +186,10 @@ export class BackupSession implements BackupWriter {
         ? new IotvaultError("INVALID_ARGUMENT", `${node.path} is not a file node`)
         : nodeError({ ...node, size: node.size ?? 0 }));
     if (refused) return Promise.reject(refused);
-    const prepared = this.inInputOrder(() => this.prepareContent(content));
+    const prepared = this.inInputOrder(() => this.prepareContent(content, options.transfer === true));
     return this.inTreeOrder(async () => {
-      const { chunks, size, sha256 } = await (await prepared).result;
+      const { chunks, size, sha256, accept } = await (await prepared).result;
+      accept?.();
       const full: TreeNode = { ...node, size, chunks, sha256 };
       await this.appendNode(full);
       if (options.existedInParent) this.stats.filesChanged++;
@@ -154,6 +198,42 @@ export class BackupSession implements BackupWriter {
       this.filesDone++;
       this.progress(node.path);
       return full;
+    });
+  }
+
+  addLocalFile(absPath: string, expectedBytes: number, options: LocalFileOptions): Promise<LocalFileOutcome> {
+    try {
+      const refused = this.refuseCall();
+      if (refused) throw refused;
+      this.checkRunning();
+    } catch (err) {
+      return Promise.reject(err instanceof Error ? err : new Error(String(err)));
+    }
+    const readOptions = { attempts: Math.max(1, options.attempts ?? 3), maxBytes: 4 * LOCAL_FILE_MAX_BYTES };
+    const sealed = this.sealer.sealLocalFile(absPath, expectedBytes, readOptions, this.core.currentKey());
+    sealed.catch(noop); // awaited by the tree step
+    return this.inTreeOrder(async (): Promise<LocalFileOutcome> => {
+      const r = await sealed;
+      if (r.kind !== "read") return { added: false, reason: r.kind, message: r.message };
+      this.stats.bytesRead += r.file.size;
+      this.acceptSealed(r.file);
+      const base = options.node(r.stat);
+      const node: TreeNode = {
+        ...base,
+        type: "file",
+        size: r.file.size,
+        chunks: r.file.chunks.map((c) => c.id),
+        sha256: r.file.sha256,
+      };
+      const refused = nodeError(node);
+      if (refused) throw refused;
+      await this.appendNode(node);
+      if (options.existedInParent) this.stats.filesChanged++;
+      else this.stats.filesNew++;
+      this.stats.totalBytes += r.file.size;
+      this.filesDone++;
+      this.progress(node.path);
+      return { added: true, node };
     });
   }
 
@@ -181,8 +261,10 @@ export class BackupSession implements BackupWriter {
         for (const chunk of this.treeChunker.finish()) this.treeChunks.push(await this.storeChunk(chunk, "tree"));
         await this.packer.flush();
         const snapshot = this.manifest(meta);
+        await this.lock?.check(`the backup of snapshot ${this.snapshotId}`); // never commit after a prune may have run
         await this.storeManifest(snapshot);
         this.state = "done";
+        await this.lock?.release().catch(noop);
         return { snapshot, stats: { ...snapshot.stats } };
       } catch (err) {
         if (this.state === "committing") this.state = "open";
@@ -200,6 +282,7 @@ export class BackupSession implements BackupWriter {
     await this.treeTail.catch(noop);
     await this.packer.abort();
     this.state = "done";
+    await this.lock?.release().catch(noop);
   }
 
   private refuseCall(): IotvaultError | undefined {
@@ -237,20 +320,23 @@ export class BackupSession implements BackupWriter {
   }
 
   /**
-   * Consumes a file's content. A file that arrives as one piece no larger than the minimum chunk
-   * size is one chunk: it is hashed and sealed by the sealer (a worker) while later calls go on.
+   * Consumes a file's content. A file that arrives as one piece of at most WHOLE_FILE_BYTES is
+   * chunked, hashed and sealed by the sealer (a worker) while later calls go on.
    */
-  private async prepareContent(content: AsyncIterable<Uint8Array>): Promise<{ result: Promise<FileContent> }> {
+  private async prepareContent(
+    content: AsyncIterable<Uint8Array>,
+    transfer: boolean,
+  ): Promise<{ result: Promise<FileContent> }> {
     const it = content[Symbol.asyncIterator]();
     try {
       const first = await it.next();
       if (first.done) return { result: Promise.resolve({ chunks: [], size: 0, sha256: EMPTY_SHA256 }) };
       this.checkRunning();
-      const small = first.value.length <= this.core.config.chunker.minSize;
+      const whole = first.value.length <= WHOLE_FILE_BYTES;
       // A producer may reuse its buffer for the next piece: keep a copy before asking for it.
-      const head = small ? Buffer.from(first.value) : first.value;
-      const second = small ? await it.next() : undefined;
-      if (second?.done) return { result: this.sealWholeFile(head) };
+      const head = whole && !transfer ? Buffer.from(first.value) : first.value;
+      const second = whole ? await it.next() : undefined;
+      if (second?.done) return { result: this.sealWholeFile(head, transfer) };
       const pieces = second ? [head, second.value] : [head];
       return { result: Promise.resolve(await this.storeContent(pieces, it)) };
     } catch (err) {
@@ -259,23 +345,30 @@ export class BackupSession implements BackupWriter {
     }
   }
 
-  private sealWholeFile(piece: Uint8Array): Promise<FileContent> {
+  private sealWholeFile(piece: Uint8Array, owned: boolean): Promise<FileContent> {
     const size = piece.length;
     this.stats.bytesRead += size;
-    const result = this.sealer
-      .sealWhole(Buffer.from(piece.buffer, piece.byteOffset, piece.length), this.core.currentKey())
-      .then((s) => {
-        this.stats.chunksTotal++;
-        if (!this.core.index.has(s.id) && !this.pending.has(s.id)) {
-          this.pending.add(s.id);
-          this.stats.chunksNew++;
-          this.stats.bytesNew += size;
-          this.packer.addSealed({ id: s.id, type: "data", flags: s.flags, rawLength: size, sealed: s.sealed });
-        }
-        return { chunks: [s.id], size, sha256: s.sha256 };
-      });
+    const result = this.sealer.sealFile(piece, owned, this.core.currentKey()).then((file): FileContent => ({
+      chunks: file.chunks.map((c) => c.id),
+      size,
+      sha256: file.sha256,
+      accept: () => this.acceptSealed(file),
+    }));
     result.catch(noop); // awaited by the tree step
     return result;
+  }
+
+  /** Queues the chunks of a file sealed in a worker that are new to the repository (the others are dropped). */
+  private acceptSealed(file: SealedFile): void {
+    for (const c of file.chunks) {
+      this.stats.chunksTotal++;
+      if (this.core.index.has(c.id) || this.pending.has(c.id)) continue;
+      this.pending.add(c.id);
+      this.stats.chunksNew++;
+      this.stats.bytesNew += c.rawLength;
+      this.packer.addSealed({ id: c.id, type: "data", flags: c.flags, rawLength: c.rawLength, sealed: c.sealed });
+    }
+    file.release?.(); // every blob was copied into a pack (or dropped)
   }
 
   /** The general path: every piece through the chunker, sha256 over the whole content. */
@@ -368,9 +461,13 @@ export class BackupSession implements BackupWriter {
     }
   }
 
+  /** Reports progress at most every PROGRESS_INTERVAL_MS (a callback per small file costs more than the file). */
   private progress(currentPath: string): void {
     const onProgress = this.options.onProgress;
     if (!onProgress) return;
+    const now = performance.now();
+    if (now - this.lastProgress < PROGRESS_INTERVAL_MS) return;
+    this.lastProgress = now;
     try {
       onProgress({
         filesDone: this.filesDone,

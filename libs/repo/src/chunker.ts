@@ -7,7 +7,7 @@
  * for (const chunk of chunker.push(bytes)) store(chunk);
  * for (const chunk of chunker.finish()) store(chunk);
  * ```
- * Memory: one buffer of at most 2 x maxSize per Chunker, reused across files.
+ * Memory: one buffer of at most maxSize per Chunker, reused across files.
  */
 import { createHmac } from "node:crypto";
 import type { ChunkerParams } from "./config.js";
@@ -135,7 +135,10 @@ export class Chunker {
     return out;
   }
 
-  /** Free bytes at the end of the buffer, compacting or growing it (up to 2 x maxSize). */
+  /**
+   * Free bytes at the end of the buffer, compacting or growing it. It grows only while it is
+   * smaller than maxSize: a full buffer of maxSize or more has chunks to take first.
+   */
   private makeRoom(): number {
     if (this.end < this.buf.length) return this.buf.length - this.end;
     if (this.start > 0) {
@@ -144,7 +147,7 @@ export class Chunker {
       this.start = 0;
       return this.buf.length - this.end;
     }
-    const bigger = Buffer.allocUnsafe(Math.min(this.buf.length * 2, 2 * this.p.maxSize));
+    const bigger = Buffer.allocUnsafe(Math.max(this.buf.length + 1, Math.min(this.buf.length * 2, this.p.maxSize)));
     this.buf.copy(bigger, 0, 0, this.end);
     this.buf = bigger;
     return this.buf.length - this.end;

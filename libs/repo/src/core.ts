@@ -30,6 +30,9 @@ export class RepoCore {
   readonly gear: Uint32Array;
   readonly index = new MasterIndex();
   private keys: Map<number, Buffer>;
+  /** Key ids named by envelopes but absent from the keyring even after a reload. */
+  private readonly unknownKeyIds = new Set<number>();
+  private readonly reloadsFor = new Map<number, Promise<void>>();
 
   constructor(
     readonly store: ObjectStore,
@@ -70,11 +73,25 @@ export class RepoCore {
     return result.plain;
   }
 
-  /** Reloads the keyring when an envelope names a key id this process has not seen (rotation). */
+  /**
+   * Reloads the keyring when an envelope names a key id this process has not seen (rotation).
+   * An id still unknown after a reload is remembered and not reloaded for again: damaged data
+   * naming a bogus key id costs one keyring read, not one per blob (it then fails to open).
+   */
   async ensureKey(envelope: Uint8Array): Promise<void> {
     const id = envelopeKeyId(envelope);
-    if (id === undefined || id === 0 || this.keys.has(id)) return;
-    await this.reloadKeyring();
+    if (id === undefined || id === 0 || this.keys.has(id) || this.unknownKeyIds.has(id)) return;
+    // Blobs read in parallel that name the same new id share one reload.
+    let reload = this.reloadsFor.get(id);
+    if (!reload) {
+      reload = this.reloadKeyring()
+        .then(() => {
+          if (!this.keys.has(id) && this.unknownKeyIds.size < 1024) this.unknownKeyIds.add(id);
+        })
+        .finally(() => this.reloadsFor.delete(id));
+      this.reloadsFor.set(id, reload);
+    }
+    await reload;
   }
 
   async reloadKeyring(): Promise<void> {
@@ -91,8 +108,15 @@ export class RepoCore {
         retryable: true,
       });
     }
+    if (fresh.repositoryId !== this.config.id) {
+      throw corrupt("the keyring names another repository id than the config", undefined, {
+        keyring: fresh.repositoryId,
+        config: this.config.id,
+      });
+    }
     this.keyring = fresh;
     this.keys = keyMap(fresh);
+    this.unknownKeyIds.clear();
   }
 
   /** Re-checks a stored config object: same repository, MAC intact. Throws DATA_CORRUPT. */

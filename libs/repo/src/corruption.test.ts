@@ -167,3 +167,30 @@ void test("verify of a healthy repository reads every pack, or a share of them",
     await repo.close();
   }
 });
+
+void test("blobs naming an unknown key id fail as corrupt after one keyring reload, not one per read", async () => {
+  const { store, repo, nodes } = await twoFiles();
+  try {
+    const a = nodes[0]!;
+    for (let i = 0; i < a.chunks!.length; i++) {
+      const { packId, offset } = packOf(repo, a, i);
+      store.raw(packKey(packId))!.writeUInt32BE(0xdeadbeef, offset + 1);
+    }
+    let keyringReads = 0;
+    const get = store.get.bind(store);
+    store.get = (key, range, signal) => {
+      if (key === "keyring") keyringReads++;
+      return get(key, range, signal);
+    };
+    for (let attempt = 0; attempt < 3; attempt++) {
+      await assert.rejects(readAll(repo.readFile(a)), (err: unknown) => {
+        assert.ok(isCode(err, "DATA_CORRUPT"), String(err));
+        assert.ok(err.message.includes("etc/a.bin"), err.message);
+        return true;
+      });
+    }
+    assert.equal(keyringReads, 1, "the keyring is read again once for the unknown key id");
+  } finally {
+    await repo.close();
+  }
+});

@@ -12,7 +12,7 @@
  * Associated data = bytes 0..4 of the envelope || UTF-8 of a context string that binds the
  * ciphertext to where it belongs (`blob:<chunk id>`, `object:<key>`, `pack-header`).
  */
-import { createCipheriv, createDecipheriv, randomBytes } from "node:crypto";
+import { createCipheriv, createDecipheriv, randomBytes, randomFillSync } from "node:crypto";
 
 export const ENVELOPE_VERSION = 1;
 export const ENVELOPE_HEADER = 5;
@@ -48,6 +48,32 @@ export function seal(key: Uint8Array, keyId: number, ctx: string, plain: Uint8Ar
   pos += cipher.final().copy(out, pos);
   cipher.getAuthTag().copy(out, pos);
   return out;
+}
+
+/**
+ * Encrypts `plain` into an envelope written at `out[at..]` (the caller makes room for
+ * ENVELOPE_OVERHEAD + plain.length bytes); returns the envelope's length. No buffer is allocated
+ * for the envelope itself (the pipeline writes blobs straight into reused arenas).
+ */
+export function sealInto(
+  out: Buffer,
+  at: number,
+  key: Uint8Array,
+  keyId: number,
+  ctx: string,
+  plain: Uint8Array,
+): number {
+  out[at] = ENVELOPE_VERSION;
+  out.writeUInt32BE(keyId >>> 0, at + 1);
+  const nonce = out.subarray(at + ENVELOPE_HEADER, at + ENVELOPE_HEADER + NONCE_BYTES);
+  randomFillSync(nonce);
+  const cipher = createCipheriv("aes-256-gcm", key, nonce);
+  cipher.setAAD(aad(out.subarray(at, at + ENVELOPE_HEADER), ctx));
+  let pos = at + ENVELOPE_HEADER + NONCE_BYTES;
+  pos += cipher.update(plain).copy(out, pos);
+  pos += cipher.final().copy(out, pos);
+  pos += cipher.getAuthTag().copy(out, pos);
+  return pos - at;
 }
 
 /** Why an envelope could not be opened. */

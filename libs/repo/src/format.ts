@@ -15,12 +15,16 @@ export const KEYS = {
   dataPrefix: "data/",
   indexPrefix: "index/",
   snapshotPrefix: "snapshots/",
+  lockPrefix: "locks/",
+  holdPrefix: "holds/",
 } as const;
 
 export const packKey = (packId: string): string => `data/${packId.slice(0, 2)}/${packId}`;
 export const indexKey = (indexId: string): string => `index/${indexId}`;
 export const snapshotKey = (snapshotId: string): string => `snapshots/${snapshotId}`;
 export const keySlotKey = (slotId: string): string => `keys/${slotId}`;
+export const lockKey = (lockId: string): string => `locks/${lockId}`;
+export const holdKey = (snapshotId: string): string => `holds/${snapshotId}`;
 
 /** Blob types inside packs. */
 export const BlobType = { data: 0, tree: 1 } as const;
@@ -44,7 +48,19 @@ export const DEFAULT_COMPRESSION_LEVEL = 3;
 export const DEFAULT_SCRYPT_LOG_N = 17;
 
 /** Bounds a reader accepts for scrypt parameters (refuse absurd values before spending memory). */
-export const SCRYPT_LIMITS = { minLogN: 10, maxLogN: 22, maxR: 32, maxP: 16 } as const;
+/**
+ * Bounds on the scrypt parameters a reader accepts from a key slot, so that a crafted slot cannot
+ * exhaust memory or time: memory is 128·N·r bytes (at most 1 GiB), work grows with N·r·p (at
+ * most 64 times the default 2^17·8·1).
+ */
+export const SCRYPT_LIMITS = {
+  minLogN: 10,
+  maxLogN: 22,
+  maxR: 32,
+  maxP: 16,
+  maxMemoryBytes: 2 ** 30,
+  maxWork: 2 ** 26,
+} as const;
 
 export function corrupt(message: string, hint?: string, details?: Record<string, string>): IotvaultError {
   return new IotvaultError("DATA_CORRUPT", message, {

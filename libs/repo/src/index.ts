@@ -12,15 +12,40 @@
  * const { snapshot, stats } = await writer.commit({ jobId: "j1", jobName: "cfg", source: "fs:/srv", backupType: "full" });
  * for await (const node of repo.readTree(snapshot)) if (node.type === "file") for await (const b of repo.readFile(node)) use(b);
  * const report = await repo.verify({ readData: true });
+ * await repo.forget({ policy: { keepDaily: 7, keepWeekly: 4 }, jobId: "j1" }); // manifests only
+ * await repo.prune({ lockWaitMs: 60_000 });                                     // frees the data
  * await repo.close();
  * ```
  */
 export { Repository, type RepositoryOptions } from "./repository.js";
-export type { AddFileOptions, BackupOptions, BackupProgressInfo, BackupWriter } from "./backup.js";
+export {
+  LOCAL_FILE_MAX_BYTES,
+  type AddFileOptions,
+  type BackupOptions,
+  type BackupProgressInfo,
+  type BackupWriter,
+  type LocalFileOptions,
+  type LocalFileOutcome,
+} from "./backup.js";
+export type { LocalFileStat } from "./pipeline-core.js";
+export type { FileReader, ReadAheadOptions } from "./read-ahead.js";
 export type { BackupStatsInfo, BackupTypeName, SnapshotManifest, SnapshotMeta, TreeRef } from "./snapshot.js";
 export { comparePaths, unsafePathReason, type NodeType, type TreeNode } from "./tree.js";
 export type { VerifyOptions, VerifyProblem, VerifyProblemKind, VerifyProgressInfo, VerifyReport } from "./verify.js";
 export { FORMAT_VERSION } from "./format.js";
+export { SEALED_PREFIXES, type SealedPutResult } from "./sealed-objects.js";
 export { MIN_KEY_FILE_BYTES, type RepositorySecret } from "./keys.js";
 export type { KeyListing, RotateOptions, RotateResult } from "./key-admin.js";
 export type { ChunkerParams } from "./config.js";
+export type { LockInfo, LockKind, RepositoryLock } from "./locks.js";
+export type { Hold } from "./holds.js";
+export {
+  decideRetention,
+  policyFromJobRetention,
+  type ForgetDecision,
+  type ForgetOptions,
+  type ForgetResult,
+  type RetentionCandidate,
+  type RetentionPolicy,
+} from "./retention.js";
+export { DEFAULT_REPACK_THRESHOLD, type PruneOptions, type PruneProgress, type PruneResult } from "./prune.js";

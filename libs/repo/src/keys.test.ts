@@ -35,6 +35,30 @@ test("key add: a second passphrase and a key file open the same repository; list
   );
 });
 
+test("a key slot whose scrypt parameters would need too much memory or time is refused before deriving", async () => {
+  const { store, repo } = await newRepo();
+  await repo.close();
+  const keys: string[] = [];
+  for await (const info of store.list("keys/")) keys.push(info.key);
+  const original = store.raw(keys[0]!)!;
+  // Each is within the per-parameter ranges, but not together: 16 GiB of memory; 2^28 work.
+  for (const kdf of [
+    { N: 2 ** 22, r: 32, p: 1 },
+    { N: 2 ** 20, r: 16, p: 16 },
+  ]) {
+    const slot = JSON.parse(original.toString("utf8")) as { kdf: Record<string, unknown> };
+    slot.kdf = { ...slot.kdf, ...kdf };
+    store.overwrite(keys[0]!, Buffer.from(JSON.stringify(slot)));
+    await assert.rejects(Repository.open(store, PASSWORD, FAST), (e: unknown) => {
+      assert.ok(isCode(e, "DATA_CORRUPT"), String(e));
+      assert.match(e.message, /out-of-range scrypt parameters/);
+      return true;
+    });
+  }
+  store.overwrite(keys[0]!, original);
+  await (await Repository.open(store, PASSWORD, FAST)).close();
+});
+
 test("key remove: refuses the last slot and the slot in use; removes another", async () => {
   const { store, repo } = await newRepo();
   try {

@@ -303,6 +303,8 @@ export function decodeSlot(bytes: Uint8Array, id: string): KeySlot | undefined {
     Number.isInteger(p) &&
     p >= 1 &&
     p <= SCRYPT_LIMITS.maxP &&
+    128 * N * r <= SCRYPT_LIMITS.maxMemoryBytes &&
+    N * r * p <= SCRYPT_LIMITS.maxWork &&
     salt.length >= 16;
   if (!validKdf) throw corrupt(`${what} has missing or out-of-range scrypt parameters`);
   return { id, type: "passphrase", createdAt, kdf: { N, r, p, salt }, wrapped: wrappedKey };

@@ -45,11 +45,18 @@ export interface FinishedPack {
   entries: PackEntry[];
 }
 
-/** Collects sealed blobs until the pack is big enough, then builds the pack bytes. */
+/**
+ * Builds a pack in one buffer: sealed blobs are copied in as they arrive, the header and the
+ * trailer at the end. The buffer is the caller's (a packer reuses a few); it grows only when a
+ * pack overshoots it (a header of very many entries).
+ */
 export class PackBuilder {
   readonly entries: PackEntry[] = [];
-  private readonly parts: Buffer[] = [];
   private size = 0;
+  /** The pack id is hashed as the pack grows: finishing it costs no long pause of the thread. */
+  private readonly hash = createHash("sha256");
+
+  constructor(private buf: Buffer = Buffer.alloc(0)) {}
 
   get bytes(): number {
     return this.size;
@@ -59,7 +66,7 @@ export class PackBuilder {
     return this.entries.length;
   }
 
-  add(blob: { id: string; type: BlobTypeName; flags: number; rawLength: number; sealed: Buffer }): void {
+  add(blob: { id: string; type: BlobTypeName; flags: number; rawLength: number; sealed: Uint8Array }): void {
     this.entries.push({
       id: blob.id,
       type: blob.type,
@@ -68,19 +75,30 @@ export class PackBuilder {
       length: blob.sealed.length,
       rawLength: blob.rawLength,
     });
-    this.parts.push(blob.sealed);
-    this.size += blob.sealed.length;
+    this.write(blob.sealed);
   }
 
-  finish(key: SealKey): FinishedPack {
-    const header = encodeHeader(this.entries);
-    const sealedHeader = seal(key.key, key.keyId, context.packHeader(), header);
+  /** The finished pack; `bytes` is a view of the builder's buffer (`buffer`). */
+  finish(key: SealKey): FinishedPack & { buffer: Buffer } {
+    const sealedHeader = seal(key.key, key.keyId, context.packHeader(), encodeHeader(this.entries));
     const trailer = Buffer.alloc(TRAILER_BYTES);
     trailer.writeUInt32BE(sealedHeader.length, 0);
     PACK_MAGIC.copy(trailer, 4);
-    const bytes = Buffer.concat([...this.parts, sealedHeader, trailer]);
-    const id = createHash("sha256").update(bytes).digest("hex");
-    return { id, bytes, entries: this.entries };
+    this.write(sealedHeader);
+    this.write(trailer);
+    const bytes = this.buf.subarray(0, this.size);
+    return { id: this.hash.digest("hex"), bytes, entries: this.entries, buffer: this.buf };
+  }
+
+  private write(data: Uint8Array): void {
+    if (this.size + data.length > this.buf.length) {
+      const bigger = Buffer.allocUnsafeSlow(Math.max(2 * this.buf.length, this.size + data.length));
+      this.buf.copy(bigger, 0, 0, this.size);
+      this.buf = bigger;
+    }
+    this.buf.set(data, this.size);
+    this.hash.update(data);
+    this.size += data.length;
   }
 }
 

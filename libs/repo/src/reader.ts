@@ -8,11 +8,15 @@ import { unsealBlob } from "./blob.js";
 import { storeError, throwIfAborted, type RepoCore } from "./core.js";
 import { corrupt, packKey } from "./format.js";
 import type { MasterIndex } from "./index-file.js";
+import { ReadAhead } from "./read-ahead.js";
+import type { ChunkSealer } from "./sealer.js";
 import type { SnapshotManifest } from "./snapshot.js";
 import { decodeNode, type TreeNode } from "./tree.js";
 
-/** Chunks fetched ahead of the consumer while reading a file or a tree. */
+/** Chunks fetched ahead of the consumer while reading a tree. */
 const READ_AHEAD = 4;
+/** Plain bytes fetched ahead while reading one file. */
+const FILE_AHEAD_BYTES = 16 * 1024 * 1024;
 
 export interface BlobContext {
   /** What the blob belongs to, for messages: `file etc/app.yaml`, `the tree of snapshot <id>`. */
@@ -74,23 +78,18 @@ async function* loadInOrder(core: RepoCore, ids: readonly string[], ctx: BlobCon
   }
 }
 
-export async function* readFile(core: RepoCore, node: TreeNode, signal?: AbortSignal): AsyncGenerator<Buffer> {
-  if (node.type !== "file") {
-    throw new IotvaultError("INVALID_ARGUMENT", `${node.path} is a ${node.type}, not a file`);
-  }
-  const owner = `file ${node.path}`;
-  const hash = createHash("sha256");
-  let size = 0;
-  for await (const plain of loadInOrder(core, node.chunks ?? [], { owner, signal })) {
-    hash.update(plain);
-    size += plain.length;
-    yield plain;
-  }
-  if (node.size !== undefined && size !== node.size) {
-    throw corrupt(`${owner}: its chunks hold ${size} bytes, the snapshot says ${node.size}`);
-  }
-  if (node.sha256 !== undefined && hash.digest("hex") !== node.sha256) {
-    throw corrupt(`${owner}: the content does not match the sha256 recorded in the snapshot`);
+/** A file's content, fetched ahead in a few large requests and checked (see ReadAhead). */
+export async function* readFile(
+  core: RepoCore,
+  sealer: ChunkSealer,
+  node: TreeNode,
+  signal?: AbortSignal,
+): AsyncGenerator<Buffer> {
+  const reader = new ReadAhead(core, sealer, { signal, aheadBytes: FILE_AHEAD_BYTES });
+  try {
+    yield* reader.read(node);
+  } finally {
+    reader.close();
   }
 }
 

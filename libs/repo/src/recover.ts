@@ -3,10 +3,12 @@
  * backup killed between the two leaves stored but unindexed packs. Before a backup starts,
  * every pack under data/ that no index names is read from its end (trailer and encrypted
  * header only) and indexed, so the new backup reuses its chunks instead of uploading them
- * again. A pack whose header does not open is left alone (verify reports unindexed data;
- * prune will remove it).
+ * again. The whole pack is read once more and its SHA-256 checked against its id (a pack's
+ * name) first: a pack damaged after it was written must not become the only copy of chunks the
+ * new backup then skips. A pack whose hash or header does not check out is left alone (verify
+ * reports unindexed data; prune will remove it).
  */
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import type { RepoCore } from "./core.js";
 import { storeError, throwIfAborted } from "./core.js";
 import { KEYS, indexKey } from "./format.js";
@@ -36,6 +38,11 @@ export async function indexOrphanPacks(core: RepoCore, signal?: AbortSignal): Pr
   let skipped = 0;
   for (const orphan of orphans) {
     throwIfAborted(signal, "recovering unindexed packs");
+    const intact = await packHashMatches(core, orphan, signal).catch(() => false);
+    if (!intact) {
+      skipped++;
+      continue;
+    }
     const parsed = await readPackEntries(
       (offset, length) => core.store.get(orphan.key, { offset, length }, signal),
       orphan.size,
@@ -57,4 +64,19 @@ export async function indexOrphanPacks(core: RepoCore, signal?: AbortSignal): Pr
     for (const pack of recovered) core.index.add(pack);
   }
   return { packs: recovered.length, chunks: recovered.reduce((n, p) => n + p.entries.length, 0), skipped };
+}
+
+/** Reads a pack in bounded ranges and checks that its SHA-256 is its id. */
+async function packHashMatches(
+  core: RepoCore,
+  pack: { packId: string; key: string; size: number },
+  signal: AbortSignal | undefined,
+): Promise<boolean> {
+  const hash = createHash("sha256");
+  const step = 4 << 20;
+  for (let offset = 0; offset < pack.size; offset += step) {
+    throwIfAborted(signal, "recovering unindexed packs");
+    hash.update(await core.store.get(pack.key, { offset, length: Math.min(step, pack.size - offset) }, signal));
+  }
+  return hash.digest("hex") === pack.packId;
 }

@@ -1,8 +1,10 @@
 import assert from "node:assert/strict";
+import { mkdir } from "node:fs/promises";
 import { test } from "node:test";
 import { IotvaultError, isCode } from "@iotvault/errors";
-import { MemoryStore } from "@iotvault/storage";
+import { LocalDirectoryStore, MemoryStore } from "@iotvault/storage";
 import { Repository } from "./repository.js";
+import { withTempDir } from "./test-support.js";
 import { FAST, META, PASSWORD, collect, dirNode, fileNode, newRepo, pieces, random, readAll } from "./test-util.js";
 
 void test("open with a wrong passphrase is refused with WRONG_KEY and names no secret", async () => {
@@ -33,6 +35,37 @@ void test("a store without a repository is FAILED_PRECONDITION; init twice is AL
   await repo.close();
   assert.equal(await Repository.exists(store), true);
   await assert.rejects(Repository.init(store, PASSWORD, FAST), (err: unknown) => isCode(err, "ALREADY_EXISTS"));
+});
+
+void test("two inits racing on one directory: one wins, the repository opens, no stray slot is left", async () => {
+  await withTempDir(async (dir) => {
+    for (let round = 0; round < 5; round++) {
+      await mkdir(`${dir}/r${round}`);
+      const store = new LocalDirectoryStore(`${dir}/r${round}`);
+      const other = Buffer.from(`another passphrase ${round}`, "utf8");
+      const results = await Promise.allSettled([
+        Repository.init(store, PASSWORD, FAST),
+        Repository.init(store, other, FAST),
+      ]);
+      const won = results.flatMap((r, i) => (r.status === "fulfilled" ? [{ repo: r.value, i }] : []));
+      const outcomes = results.map((r) => (r.status === "fulfilled" ? "ok" : String(r.reason)));
+      assert.equal(won.length, 1, `round ${round}: ${outcomes.join("; ")}`);
+      for (const r of results) {
+        if (r.status === "rejected") assert.ok(isCode(r.reason, "ALREADY_EXISTS"), String(r.reason));
+      }
+      const { repo, i } = won[0]!;
+      await repo.close();
+      const reopened = await Repository.open(store, i === 0 ? PASSWORD : other, FAST);
+      assert.equal(reopened.id, repo.id);
+      await reopened.close();
+      await assert.rejects(Repository.open(store, i === 0 ? other : PASSWORD, FAST), (err: unknown) =>
+        isCode(err, "WRONG_KEY"),
+      );
+      const slots = [];
+      for await (const info of store.list("keys/")) slots.push(info.key);
+      assert.equal(slots.length, 1, `round ${round}: slots ${slots.join(", ")}`);
+    }
+  });
 });
 
 void test("no key material is stored in the clear", async () => {

@@ -42,8 +42,21 @@ import {
   type RotateOptions,
   type RotateResult,
 } from "./key-admin.js";
-import { listIds, loadAllIndexes, loadManifest } from "./manifests.js";
+import { checkReason, deleteHold, readHolds, resolveHoldId, writeHold, type Hold } from "./holds.js";
+import { loadIndexes, refreshIndexState } from "./index-state.js";
+import { RepoLocks, resolveLockTiming, type LockInfo, type LockKind, type RepositoryLock } from "./locks.js";
+import { listIds, loadManifest } from "./manifests.js";
+import { pruneRepository, type PruneOptions, type PruneResult } from "./prune.js";
+import { forgetSnapshots, type ForgetOptions, type ForgetResult } from "./retention.js";
+import { ReadAhead, type FileReader, type ReadAheadOptions } from "./read-ahead.js";
 import { readFile, readTree } from "./reader.js";
+import {
+  deleteSealedObject,
+  getSealedObject,
+  listSealedObjects,
+  putSealedObject,
+  type SealedPutResult,
+} from "./sealed-objects.js";
 import { InlineSealer, type ChunkSealer } from "./sealer.js";
 import type { SnapshotManifest } from "./snapshot.js";
 import type { TreeNode } from "./tree.js";
@@ -65,6 +78,16 @@ export interface RepositoryOptions {
   indexEveryPacks?: number;
   /** ... or this many milliseconds after an unindexed pack was stored (default 5000). */
   indexEveryMs?: number;
+  /** A held lock is rewritten this often (default 5 minutes). */
+  lockRefreshMs?: number;
+  /** A lock not refreshed for this long is stale (default 30 minutes; at least 2 x lockRefreshMs). */
+  lockStaleMs?: number;
+  /**
+   * open only: load the index files (default true). A process that only reads and writes sealed
+   * objects (e.g. a PostgreSQL archive_command storing WAL) skips it and opens in milliseconds;
+   * such a Repository refuses backups, restores and prunes.
+   */
+  loadIndex?: boolean;
 }
 
 const PACK_SIZE_LIMITS = { min: 64 * 1024, max: 1024 * 1024 * 1024 } as const;
@@ -95,7 +118,9 @@ function resolveOptions(o: RepositoryOptions): ResolvedOptions {
     workers: workers === 0 ? availableParallelism() : workers,
     indexEveryPacks: Math.max(1, o.indexEveryPacks ?? 4),
     indexEveryMs: Math.max(10, o.indexEveryMs ?? 5000),
-    uploadsInFlight: 2,
+    // One pack stored at a time, one being filled: the gRPC hop and local disks gain nothing from a
+    // second upload, and each costs a pack of memory (docs/performance.md).
+    uploadsInFlight: 1,
   };
 }
 
@@ -130,11 +155,17 @@ const wrongKey = (store: ObjectStore, slots: number, secret: RepositorySecret): 
  * ```
  */
 export class Repository {
+  /** Opened with `loadIndex: false`: only sealed objects and metadata may be used. */
+  private indexless = false;
+
   private closed = false;
+  /** The index files whose entries are in core.index (to notice a prune by another process). */
+  private indexIds = new Set<string>();
 
   private constructor(
-    private readonly core: RepoCore,
+    private core: RepoCore,
     private readonly sealer: ChunkSealer,
+    private readonly locks: RepoLocks,
   ) {}
 
   /** Creates a repository with one passphrase slot; ALREADY_EXISTS when the store has one. */
@@ -144,6 +175,7 @@ export class Repository {
     options: RepositoryOptions = {},
   ): Promise<Repository> {
     const resolved = resolveOptions(options);
+    const lockTiming = resolveLockTiming(options);
     if (await Repository.exists(store)) {
       throw new IotvaultError("ALREADY_EXISTS", `an iotvault repository already exists at ${store.location}`, {
         hint: "open it instead, or choose another location",
@@ -155,8 +187,21 @@ export class Repository {
     const slot = await createSlot(password, masterKey, resolved.scryptLogN);
     try {
       // Order: key slot and keyring before config; the config's presence means "a repository is here".
+      // The keyring is written only when absent: of two `init`s racing on one store exactly one
+      // keyring lands, and the loser withdraws its slot instead of leaving a repository whose
+      // config, keyring and slot come from different initialisations.
       await store.put(keySlotKey(slot.id), encodeSlot(slot));
-      await store.put(KEYS.keyring, sealKeyring(masterKey, keyring));
+      const keyringPut = await store.put(KEYS.keyring, sealKeyring(masterKey, keyring), { ifAbsent: true });
+      if (keyringPut.existed) {
+        await store.delete(keySlotKey(slot.id)).catch(() => undefined);
+        throw new IotvaultError(
+          "ALREADY_EXISTS",
+          `another initialisation holds ${store.location}: its keyring is there (a repository is being or was created)`,
+          {
+            hint: "open the repository; if an earlier `repo init` was interrupted before writing `config`, remove the location's `keyring` and `keys/` objects and initialise again",
+          },
+        );
+      }
       const { existed } = await store.put(KEYS.config, encodeConfig(config, configMacKey(keyring.macKey)), {
         ifAbsent: true,
       });
@@ -165,7 +210,7 @@ export class Repository {
     } catch (err) {
       throw storeError(err, `initialising the repository at ${store.location}`);
     }
-    return Repository.fromKeys(store, config, keyring, masterKey, resolved, slot.id);
+    return Repository.fromKeys(store, config, keyring, masterKey, resolved, slot.id, new RepoLocks(lockTiming));
   }
 
   /**
@@ -178,12 +223,17 @@ export class Repository {
     options: RepositoryOptions = {},
   ): Promise<Repository> {
     const resolved = resolveOptions(options);
+    const locks = new RepoLocks(resolveLockTiming(options));
     const { config, mac } = decodeConfig(await getConfig(store));
     const { keyring, masterKey, slotId } = await unlock(store, password, config);
     verifyConfigMac(config, mac, configMacKey(keyring.macKey));
-    const repo = Repository.fromKeys(store, config, keyring, masterKey, resolved, slotId);
+    const repo = Repository.fromKeys(store, config, keyring, masterKey, resolved, slotId, locks);
+    if (options.loadIndex === false) {
+      repo.indexless = true;
+      return repo;
+    }
     try {
-      await loadAllIndexes(repo.core);
+      repo.indexIds = await loadIndexes(repo.core);
     } catch (err) {
       await repo.close();
       throw err;
@@ -206,13 +256,14 @@ export class Repository {
     masterKey: Buffer,
     options: ResolvedOptions,
     openedSlot: string,
+    locks: RepoLocks,
   ): Repository {
     const core = new RepoCore(store, config, keyring, masterKey, options, openedSlot);
     const sealer =
       options.workers > 1
         ? new WorkerSealer(options.workers, options.compressionLevel, keyring.macKey)
         : new InlineSealer(options.compressionLevel, keyring.macKey);
-    return new Repository(core, sealer);
+    return new Repository(core, sealer, locks);
   }
 
   get id(): string {
@@ -297,27 +348,169 @@ export class Repository {
 
   /** The snapshot's nodes in the order they were added (depth-first, sorted, for the fs source). */
   readTree(snapshot: SnapshotManifest, signal?: AbortSignal): AsyncIterable<TreeNode> {
-    this.checkOpen();
+    this.checkIndexed();
     return readTree(this.core, snapshot, signal);
   }
 
   /** A file's content; every chunk is checked (HMAC) and the whole file's sha256 at the end. */
   readFile(node: TreeNode, signal?: AbortSignal): AsyncIterable<Buffer> {
+    this.checkIndexed();
+    return readFile(this.core, this.sealer, node, signal);
+  }
+
+  /**
+   * A reader for many files (a restore): contents of the files queued with `read(node)` are
+   * fetched ahead in a few large requests and checked in worker threads; consume them in the
+   * order they were queued, then `close()` the reader.
+   */
+  readFiles(options: ReadAheadOptions = {}): FileReader {
     this.checkOpen();
-    return readFile(this.core, node, signal);
+    return new ReadAhead(this.core, this.sealer, options);
   }
 
   async startBackup(options: BackupOptions): Promise<BackupWriter> {
-    this.checkOpen();
+    this.checkIndexed();
     const id = this.snapshotIdFor(options.runId);
     if (await this.hasSnapshot(id)) {
       throw new IotvaultError("ALREADY_EXISTS", `run ${options.runId} already has snapshot ${id}`, {
         hint: "the run was committed before; load that snapshot instead of backing up again",
       });
     }
-    // Packs a killed backup stored without indexing them are indexed now and reused.
-    await indexOrphanPacks(this.core, options.signal);
-    return new BackupSession(this.core, this.sealer, id, options);
+    const lock = await this.locks.acquire(this.core, "shared", {
+      purpose: `backup ${options.runId}`,
+      waitMs: options.lockWaitMs,
+      signal: options.signal,
+    });
+    try {
+      // Under the lock: a prune that ran since the index was loaded must not be deduplicated against.
+      await this.refreshIndex(options.signal);
+      // Packs a killed backup stored without indexing them are indexed now and reused.
+      await indexOrphanPacks(this.core, options.signal);
+      return new BackupSession(this.core, this.sealer, id, options, lock);
+    } catch (err) {
+      await lock.release().catch(() => undefined);
+      throw err;
+    }
+  }
+
+  /**
+   * Brings the index in memory up to date: reloads it when a prune (here or in another process)
+   * replaced the index files it was loaded from, else adds index files written since. True when
+   * anything changed. startBackup does this itself; a long-lived reader calls it before reading
+   * snapshots newer than its open, or after a prune.
+   */
+  async refreshIndex(signal?: AbortSignal): Promise<boolean> {
+    this.checkOpen();
+    const { core, indexIds, changed } = await refreshIndexState(this.core, this.indexIds, signal);
+    this.core = core;
+    this.indexIds = indexIds;
+    return changed;
+  }
+
+  /**
+   * Takes a repository lock (see locks.ts): a shared lock fails while a non-stale exclusive
+   * lock exists, an exclusive lock while any other non-stale lock exists; with `waitMs`, retries
+   * every second until then. FAILED_PRECONDITION (retryable) names the lock in the way.
+   */
+  async lock(
+    kind: LockKind,
+    options: { waitMs?: number | undefined; purpose?: string | undefined; signal?: AbortSignal | undefined } = {},
+  ): Promise<RepositoryLock> {
+    this.checkOpen();
+    return this.locks.acquire(this.core, kind, options);
+  }
+
+  /** Every lock in the repository, oldest first, with whether it is stale. */
+  async listLocks(signal?: AbortSignal): Promise<LockInfo[]> {
+    this.checkOpen();
+    return this.locks.list(this.core, signal);
+  }
+
+  /** Holds a snapshot (id or unique prefix): forget never removes it. NOT_FOUND for no such snapshot. */
+  async hold(snapshotIdOrPrefix: string, reason: string, createdBy?: string): Promise<Hold> {
+    this.checkOpen();
+    const why = checkReason(reason);
+    const snapshotId = await this.resolveSnapshotId(snapshotIdOrPrefix);
+    const missing = (): IotvaultError =>
+      new IotvaultError("NOT_FOUND", `snapshot ${snapshotId} not found in ${this.core.store.location}`, {
+        hint: "list the snapshots with `iotvault snapshots`",
+      });
+    if (!(await this.hasSnapshot(snapshotId))) throw missing();
+    const hold: Hold = {
+      snapshotId,
+      reason: why,
+      createdAt: new Date().toISOString(),
+      ...(createdBy !== undefined && createdBy !== "" ? { createdBy } : {}),
+    };
+    await writeHold(this.core, hold);
+    if (!(await this.hasSnapshot(snapshotId))) {
+      await deleteHold(this.core, snapshotId); // forgotten meanwhile: no hold on nothing
+      throw missing();
+    }
+    return hold;
+  }
+
+  /** Releases the hold of a snapshot (id or unique prefix of a held one); false when there was none. */
+  async releaseHold(snapshotIdOrPrefix: string): Promise<boolean> {
+    this.checkOpen();
+    const id = await resolveHoldId(this.core, snapshotIdOrPrefix);
+    return id === undefined ? false : deleteHold(this.core, id);
+  }
+
+  /** Every hold, oldest first. */
+  async listHolds(signal?: AbortSignal): Promise<Hold[]> {
+    this.checkOpen();
+    return readHolds(this.core, signal);
+  }
+
+  /**
+   * Applies a retention policy (see retention.ts): deletes the manifests of the snapshots no rule
+   * keeps, under a shared lock. Data stays until `prune`.
+   */
+  async forget(options: ForgetOptions): Promise<ForgetResult> {
+    this.checkOpen();
+    return forgetSnapshots(this.core, this.locks, options, (signal) => this.listSnapshots(signal));
+  }
+
+  /** Deletes and repacks what no snapshot uses, under the exclusive lock (see prune.ts). */
+  async prune(options: PruneOptions = {}): Promise<PruneResult> {
+    this.checkIndexed();
+    const result = await pruneRepository(this.core, this.locks, options);
+    if (!result.dryRun) await this.refreshIndex(options.signal);
+    return result;
+  }
+
+  /**
+   * Stores `data` whole as an encrypted, compressed object outside packs (keys under `wal/` or
+   * `sidecar/`). The same content again is a no-op (`existed: true`); different content under
+   * the same key is ALREADY_EXISTS and the stored object is kept.
+   */
+  async putSealedObject(
+    key: string,
+    data: Uint8Array,
+    options: { signal?: AbortSignal } = {},
+  ): Promise<SealedPutResult> {
+    this.checkOpen();
+    return putSealedObject(this.core, key, data, {
+      signal: options.signal,
+      compressionLevel: this.core.options.compressionLevel,
+    });
+  }
+
+  /** A sealed object's original bytes (checked); NOT_FOUND when there is none. */
+  async getSealedObject(key: string): Promise<Buffer> {
+    this.checkOpen();
+    return getSealedObject(this.core, key);
+  }
+
+  listSealedObjects(prefix: string): AsyncIterable<{ key: string; size: number }> {
+    this.checkOpen();
+    return listSealedObjects(this.core, prefix);
+  }
+
+  async deleteSealedObject(key: string): Promise<boolean> {
+    this.checkOpen();
+    return deleteSealedObject(this.core, key);
   }
 
   /** The key slots and data-encryption keys (ids and dates only, never key material). */
@@ -344,11 +537,16 @@ export class Repository {
    */
   async rotateKeys(options: RotateOptions): Promise<RotateResult> {
     this.checkOpen();
-    return rotateKeys(this.core, options);
+    const lock = await this.locks.acquire(this.core, "exclusive", { purpose: "key rotation" });
+    try {
+      return await rotateKeys(this.core, options);
+    } finally {
+      await lock.release().catch(() => undefined);
+    }
   }
 
   async verify(options: VerifyOptions = {}): Promise<VerifyReport> {
-    this.checkOpen();
+    this.checkIndexed();
     return verifyRepository(this.core, options, (prefix) => this.resolveSnapshotId(prefix));
   }
 
@@ -356,12 +554,21 @@ export class Repository {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    await this.locks.releaseAll();
     await this.sealer.close();
     this.core.close();
   }
 
   private checkOpen(): void {
     if (this.closed) throw new IotvaultError("FAILED_PRECONDITION", "the repository is closed");
+  }
+
+  /** For operations that need the index (backup, read, verify, prune). */
+  private checkIndexed(): void {
+    this.checkOpen();
+    if (this.indexless) {
+      throw new IotvaultError("FAILED_PRECONDITION", "this repository was opened without its index (loadIndex: false)");
+    }
   }
 }
 

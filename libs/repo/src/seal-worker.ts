@@ -1,56 +1,78 @@
 /**
- * Worker thread body of WorkerSealer: hashes, compresses and encrypts the chunks of a batch
- * and answers with one message whose arena holds every sealed blob (transferred, not cloned).
+ * Worker thread body of WorkerSealer: runs the jobs of a batch through a PipelineCore and
+ * answers with one message. Sealed blobs are written into the arena the batch brought along
+ * (the caller reuses it), opened plaintexts come back as their own buffers. Every buffer moves
+ * by transfer, never by copy.
  */
 import { parentPort } from "node:worker_threads";
-import { BlobSealer } from "./blob.js";
-import { sealWholeNow, type SealedWhole } from "./sealer.js";
-import type { SealBatch, SealBatchReply, SealResult } from "./workers.js";
+import { Arena } from "./blob.js";
+import { PipelineCore } from "./pipeline-core.js";
+import { YoungGc } from "./young-gc.js";
+import type { BatchReply, JobBatch, JobResult, OpenedResult, WorkerInit } from "./workers.js";
 
 const port = parentPort;
-let sealer: BlobSealer | undefined;
-let level = -1;
+/** Dead buffers are collected every few MiB (see young-gc.ts). */
+const youngGc = new YoungGc(8 * 1024 * 1024);
+let core: PipelineCore | undefined;
 
-function sealOne(batch: SealBatch, keys: Map<number, Uint8Array>, r: SealBatch["requests"][number]): SealedWhole {
-  const key = keys.get(r.keyId);
-  if (!key) throw new Error(`no key with id ${r.keyId} in the batch`);
-  if (level !== batch.compressionLevel || !sealer) {
-    sealer = new BlobSealer(batch.compressionLevel);
-    level = batch.compressionLevel;
-  }
-  const plain = Buffer.from(batch.arena, r.offset, r.length);
-  const k = { key, keyId: r.keyId };
-  return r.kind === "whole"
-    ? sealWholeNow(sealer, plain, k, batch.macKey)
-    : { id: r.id, sha256: "", ...sealer.seal(plain, r.id, k) };
+/** A buffer that owns its whole ArrayBuffer (to be transferred), copying when it does not. */
+function standalone(buf: Uint8Array): Uint8Array {
+  if (buf.byteOffset === 0 && buf.byteLength === buf.buffer.byteLength && buf.buffer instanceof ArrayBuffer) return buf;
+  const copy = new Uint8Array(new ArrayBuffer(buf.length));
+  copy.set(buf);
+  return copy;
 }
 
-port?.on("message", (batch: SealBatch) => {
+function run(batch: JobBatch, pipeline: PipelineCore, arena: Arena, transfer: ArrayBuffer[]): JobResult[] {
   const keys = new Map(batch.keys);
-  const outs = batch.requests.map((r): SealedWhole | string => {
+  const key = { key: keys.get(batch.keyId) ?? new Uint8Array(0), keyId: batch.keyId };
+  return batch.jobs.map((job): JobResult => {
     try {
-      return sealOne(batch, keys, r);
+      switch (job.kind) {
+        case "chunk": {
+          return { ok: true, kind: "chunk", ...pipeline.sealChunkInto(job.data, job.id, key, arena) };
+        }
+        case "file": {
+          const f = pipeline.sealFileInto(job.data, key, arena);
+          return { ok: true, kind: "file", ...f };
+        }
+        case "path": {
+          const read = pipeline.readLocalFile(job.path, job.options);
+          if (read.kind !== "read") return { ok: true, kind: "path", outcome: read.kind, message: read.message };
+          const f = pipeline.sealFileInto(read.content, key, arena);
+          return { ok: true, kind: "path", stat: read.stat, ...f };
+        }
+        case "open": {
+          const blobs = job.blobs.map((ref): OpenedResult => {
+            const r = pipeline.openBlob(job.data.subarray(ref.at, ref.at + ref.length), ref, (id) => keys.get(id));
+            if (!r.ok) return r;
+            if (ref.sink) return { ok: true, digest: r.digest.toString("hex") };
+            const plain = standalone(r.plain);
+            transfer.push(plain.buffer as ArrayBuffer);
+            return { ok: true, plain, digest: r.digest.toString("hex") };
+          });
+          return { ok: true, kind: "open", blobs };
+        }
+      }
     } catch (err) {
-      return err instanceof Error ? err.message : String(err);
+      return { ok: false, message: err instanceof Error ? err.message : String(err) };
     }
   });
-  const total = outs.reduce((n, o) => n + (typeof o === "string" ? 0 : o.sealed.length), 0);
-  const arena = Buffer.from(new ArrayBuffer(total));
-  let offset = 0;
-  const results = outs.map((o): SealResult => {
-    if (typeof o === "string") return { ok: false, message: o };
-    arena.set(o.sealed, offset);
-    const result: SealResult = {
-      ok: true,
-      flags: o.flags,
-      offset,
-      length: o.sealed.length,
-      id: o.id,
-      sha256: o.sha256,
-    };
-    offset += o.sealed.length;
-    return result;
-  });
-  const reply: SealBatchReply = { seq: batch.seq, arena: arena.buffer, results };
-  port.postMessage(reply, [reply.arena]);
+}
+
+port?.on("message", (msg: WorkerInit | JobBatch) => {
+  if ("init" in msg) {
+    core = new PipelineCore(msg.init);
+    return;
+  }
+  // Blobs are sealed into the arena the batch brought along (reused by the caller), grown if needed.
+  const arena = new Arena(Buffer.from(msg.arena ?? new ArrayBuffer(0)));
+  const transfer: ArrayBuffer[] = [];
+  const results = core
+    ? run(msg, core, arena, transfer)
+    : msg.jobs.map((): JobResult => ({ ok: false, message: "the worker was not initialised" }));
+  const reply: BatchReply = { seq: msg.seq, arena: arena.buf.buffer as ArrayBuffer, results };
+  port.postMessage(reply, [reply.arena, ...transfer]);
+  const read = results.reduce((n, r) => n + (r.ok && r.kind === "path" && "size" in r ? r.size : 0), 0);
+  youngGc.note(msg.jobs.reduce((n, j) => n + j.data.length, read) + arena.used);
 });

@@ -1,53 +1,117 @@
 /**
- * Where chunks are compressed and encrypted: in the calling thread (InlineSealer) or in a
- * small pool of worker threads (WorkerSealer, workers.ts). Both give identical bytes.
+ * Where chunks are hashed, compressed, encrypted, and read back: in the calling thread
+ * (InlineSealer) or in a small pool of worker threads (WorkerSealer, workers.ts). Both give
+ * identical bytes; the worker pool moves buffers between threads without copying them when
+ * the caller hands them over (`owned`).
  */
-import { createHash } from "node:crypto";
-import { BlobSealer, chunkId, type SealKey, type Sealed } from "./blob.js";
+import type { SealKey, Sealed } from "./blob.js";
+import {
+  PipelineCore,
+  type BlobRef,
+  type LocalFileStat,
+  type LocalReadOptions,
+  type PipelineParams,
+  type SealedFile,
+} from "./pipeline-core.js";
 
-/** A whole small file sealed as one chunk: its chunk id and its sha256 come with it. */
-export interface SealedWhole extends Sealed {
-  id: string;
-  sha256: string;
-}
+/** What the pipeline needs from the repository besides the level and MAC key (set once). */
+export type PipelineShape = Pick<PipelineParams, "gear" | "chunker">;
+
+/** A local file read and sealed by the sealer itself, or why it was not. */
+export type SealedLocalFile =
+  { kind: "read"; stat: LocalFileStat; file: SealedFile } | { kind: "changed" | "gone"; message: string };
+
+export type OpenedBlob =
+  { ok: true; plain: Buffer; digest: string } | { ok: false; problem: string; unknownKeyId?: number };
 
 export interface ChunkSealer {
-  /** How many chunks it can work on at once (the packer keeps about twice that queued). */
+  /** How many chunks it works on at once (callers keep about twice that queued). */
   readonly parallelism: number;
-  /** Compresses and encrypts one chunk whose id is known (`plain` is copied or consumed at once). */
-  seal(plain: Buffer, id: string, key: SealKey): Promise<Sealed>;
+  /** The chunker's gear table and sizes; the first backup or read session sets them. */
+  configure(shape: PipelineShape): void;
   /**
-   * Hashes (sha256 and chunk id), compresses and encrypts a file that is exactly one chunk.
-   * The sealer copies or consumes `plain` before it returns: the caller keeps its buffer.
+   * Compresses and encrypts one chunk whose id is known. With `owned`, the caller gives the
+   * buffer up (it may be moved to another thread and become empty); otherwise it is copied
+   * before the call returns.
    */
-  sealWhole(plain: Buffer, key: SealKey): Promise<SealedWhole>;
+  seal(plain: Uint8Array, owned: boolean, id: string, key: SealKey): Promise<Sealed>;
+  /** Chunks, hashes (chunk ids, the file's sha256), compresses and encrypts a whole file. */
+  sealFile(content: Uint8Array, owned: boolean, key: SealKey): Promise<SealedFile>;
+  /**
+   * Reads a local file (see PipelineCore.readLocalFile) and seals it like sealFile; in a worker
+   * thread, so that the reads of many small files leave the calling thread free. `expectedBytes`
+   * is the size the caller saw (for balancing the workers).
+   */
+  sealLocalFile(path: string, expectedBytes: number, options: LocalReadOptions, key: SealKey): Promise<SealedLocalFile>;
+  /** Decrypts, decompresses and checks the blobs found at `blobs[i].at` in `data`. */
+  open(
+    data: Uint8Array,
+    owned: boolean,
+    blobs: BlobRef[],
+    keys: ReadonlyMap<number, Uint8Array>,
+  ): Promise<OpenedBlob[]>;
   close(): Promise<void>;
 }
 
-export function sealWholeNow(sealer: BlobSealer, plain: Uint8Array, key: SealKey, macKey: Uint8Array): SealedWhole {
-  const id = chunkId(macKey, plain);
-  const sha256 = createHash("sha256").update(plain).digest("hex");
-  return { id, sha256, ...sealer.seal(plain, id, key) };
-}
+export const notConfigured = (): Error =>
+  new Error("the chunk sealer was not configured with the chunker's parameters");
 
 export class InlineSealer implements ChunkSealer {
   readonly parallelism = 1;
-  private readonly sealer: BlobSealer;
+  private core: PipelineCore | undefined;
+  private configured = false;
 
   constructor(
-    compressionLevel: number,
+    private readonly compressionLevel: number,
     private readonly macKey: Uint8Array,
-  ) {
-    this.sealer = new BlobSealer(compressionLevel);
+  ) {}
+
+  configure(shape: PipelineShape): void {
+    if (this.configured && this.core?.params.gear === shape.gear) return;
+    this.core = new PipelineCore({ compressionLevel: this.compressionLevel, macKey: this.macKey, ...shape });
+    this.configured = true;
   }
 
-  async seal(plain: Buffer, id: string, key: SealKey): Promise<Sealed> {
-    return this.sealer.seal(plain, id, key);
+  async seal(plain: Uint8Array, _owned: boolean, id: string, key: SealKey): Promise<Sealed> {
+    return this.pipeline().sealChunk(plain, id, key);
   }
 
-  async sealWhole(plain: Buffer, key: SealKey): Promise<SealedWhole> {
-    return sealWholeNow(this.sealer, plain, key, this.macKey);
+  async sealFile(content: Uint8Array, _owned: boolean, key: SealKey): Promise<SealedFile> {
+    if (!this.configured) throw notConfigured();
+    return this.pipeline().sealFile(content, key);
+  }
+
+  async sealLocalFile(path: string, _expectedBytes: number, options: LocalReadOptions, key: SealKey) {
+    if (!this.configured) throw notConfigured();
+    const core = this.pipeline();
+    const read = core.readLocalFile(path, options);
+    if (read.kind !== "read") return read;
+    return { kind: "read" as const, stat: read.stat, file: core.sealFile(read.content, key) };
+  }
+
+  async open(data: Uint8Array, _owned: boolean, blobs: BlobRef[], keys: ReadonlyMap<number, Uint8Array>) {
+    const core = this.pipeline();
+    return blobs.map((ref): OpenedBlob => {
+      const r = core.openBlob(data.subarray(ref.at, ref.at + ref.length), ref, (id) => keys.get(id));
+      if (!r.ok) return r;
+      return { ok: true, plain: ref.sink ? Buffer.alloc(0) : r.plain, digest: r.digest.toString("hex") };
+    });
   }
 
   async close(): Promise<void> {}
+
+  private pipeline(): PipelineCore {
+    this.core ??= new PipelineCore({
+      compressionLevel: this.compressionLevel,
+      macKey: this.macKey,
+      ...READ_ONLY_SHAPE,
+    });
+    return this.core;
+  }
 }
+
+/** The shape of a pipeline that only seals known chunks and opens blobs (no chunking). */
+export const READ_ONLY_SHAPE: PipelineShape = {
+  gear: new Uint32Array(256),
+  chunker: { minSize: 64, avgSize: 256, maxSize: 1024, normalization: 2 },
+};

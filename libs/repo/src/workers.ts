@@ -1,169 +1,246 @@
 /**
- * WorkerSealer: a small pool of worker threads that hash, compress and encrypt chunks, so that
- * a backup uses more than one core (zstd dominates the per-chunk cost).
+ * WorkerSealer: a small pool of worker threads that chunk, hash, compress and encrypt (backup)
+ * and decrypt, decompress and check (restore), so that both use every core.
  *
- * Posting a message costs more than sealing a small file, so requests are batched: the
- * plaintexts of a batch are copied into one buffer (an "arena") that is transferred to the
- * worker, and the worker answers with one arena of sealed blobs. A batch leaves as soon as it
- * is full, or when the event loop turns. Workers start on first use and keep the process alive
- * only while they have work.
+ * Posting a message costs more than sealing a small file, so jobs are batched: a batch leaves
+ * when it holds enough bytes or jobs, or when the event loop turns. Buffers the caller hands
+ * over (`owned`) move to the worker by transfer; others are copied once. A worker answers a
+ * batch with one message: the sealed blobs in one arena, opened plaintexts as their own
+ * buffers, all transferred. Workers start on first use and keep the process alive only while
+ * they have work.
  */
 import { Worker } from "node:worker_threads";
 import { IotvaultError } from "@iotvault/errors";
 import type { SealKey, Sealed } from "./blob.js";
-import type { ChunkSealer, SealedWhole } from "./sealer.js";
+import { collectAll } from "./young-gc.js";
+import type { BlobRef, LocalFileStat, LocalReadOptions, PipelineParams, SealedFile } from "./pipeline-core.js";
+import {
+  READ_ONLY_SHAPE,
+  type ChunkSealer,
+  type OpenedBlob,
+  type PipelineShape,
+  type SealedLocalFile,
+} from "./sealer.js";
 
-export interface SealRequest {
-  /** "chunk": id given; "whole": the worker computes the chunk id and the sha256. */
-  kind: "chunk" | "whole";
-  /** Where the plaintext is in the batch arena. */
-  offset: number;
-  length: number;
-  id: string;
-  keyId: number;
+export interface WorkerInit {
+  init: PipelineParams;
 }
 
-export interface SealBatch {
+export type Job =
+  | { kind: "chunk"; data: Uint8Array; id: string }
+  | { kind: "file"; data: Uint8Array }
+  | { kind: "path"; data: Uint8Array; path: string; options: LocalReadOptions }
+  | { kind: "open"; data: Uint8Array; blobs: BlobRef[] };
+
+type SealedChunkRef = { id: string; rawLength: number; flags: number; at: number; length: number };
+
+export interface JobBatch {
   seq: number;
-  compressionLevel: number;
-  macKey: Uint8Array;
+  /** Where the worker seals the batch's blobs (reused from batch to batch; it grows it when needed). */
+  arena?: ArrayBuffer | undefined;
+  /** Key of the seal jobs (one batch never mixes two current keys). */
+  keyId: number;
   keys: [number, Uint8Array][];
-  arena: ArrayBuffer;
-  requests: SealRequest[];
+  jobs: Job[];
 }
 
-export type SealResult =
-  | { ok: true; flags: number; offset: number; length: number; id: string; sha256: string }
+export type OpenedResult =
+  { ok: true; plain?: Uint8Array | undefined; digest: string } | { ok: false; problem: string; unknownKeyId?: number };
+
+export type JobResult =
+  | { ok: true; kind: "chunk"; flags: number; at: number; length: number }
+  | { ok: true; kind: "file"; sha256: string; size: number; chunks: SealedChunkRef[] }
+  | { ok: true; kind: "path"; stat: LocalFileStat; sha256: string; size: number; chunks: SealedChunkRef[] }
+  | { ok: true; kind: "path"; outcome: "changed" | "gone"; message: string }
+  | { ok: true; kind: "open"; blobs: OpenedResult[] }
   | { ok: false; message: string };
 
-export interface SealBatchReply {
+export interface BatchReply {
   seq: number;
   arena: ArrayBuffer;
-  results: SealResult[];
+  results: JobResult[];
 }
 
-const BATCH_BYTES = 256 * 1024;
-const BATCH_REQUESTS = 16;
+const BATCH_BYTES = 1024 * 1024;
+/** The smallest arena; arenas come in powers of two, sized to their batch. */
+const ARENA_MIN_BYTES = 256 * 1024;
+const ARENA_MAX_KEPT_BYTES = 16 * 1024 * 1024;
+const BATCH_JOBS = 32;
 
 interface Waiting {
-  resolve: (s: SealedWhole) => void;
+  resolve: (r: JobResult & { ok: true }, arena: ArrayBuffer, release: () => void) => void;
   reject: (err: unknown) => void;
 }
 
+/**
+ * The arenas sealed blobs come back in. A returned arena is shared by the results of its
+ * batch; once each has been released (its blobs copied into a pack, or dropped), it goes back
+ * to the pool for a later batch: a backup reuses a handful of arenas instead of allocating one
+ * per batch.
+ */
+class ArenaPool {
+  private readonly free: ArrayBuffer[] = [];
+
+  constructor(private readonly keep: number) {}
+
+  take(bytes: number): ArrayBuffer {
+    const size = Math.max(ARENA_MIN_BYTES, 2 ** Math.ceil(Math.log2(Math.max(1, bytes))));
+    const i = this.free.findIndex((a) => a.byteLength === size);
+    if (i >= 0) return this.free.splice(i, 1)[0]!;
+    return new ArrayBuffer(size);
+  }
+
+  /** One release function per result holding blobs; the last one gives the arena back. */
+  lease(arena: ArrayBuffer, holders: number): () => void {
+    let left = holders;
+    if (left === 0) this.give(arena);
+    return () => {
+      if (--left === 0) this.give(arena);
+    };
+  }
+
+  private give(arena: ArrayBuffer): void {
+    if (this.free.length < this.keep && arena.byteLength <= ARENA_MAX_KEPT_BYTES) this.free.push(arena);
+  }
+}
+
+/** True when `buf` is the whole of a plain ArrayBuffer (so it can be transferred). */
+export function isStandalone(buf: Uint8Array): boolean {
+  return buf.byteOffset === 0 && buf.byteLength === buf.buffer.byteLength && buf.buffer instanceof ArrayBuffer;
+}
+
+function copyOf(buf: Uint8Array): Uint8Array {
+  const copy = new Uint8Array(new ArrayBuffer(buf.length));
+  copy.set(buf);
+  return copy;
+}
+
 class Batch {
-  readonly requests: SealRequest[] = [];
+  readonly jobs: Job[] = [];
   readonly waiting: Waiting[] = [];
+  readonly transfer = new Set<ArrayBuffer>();
   readonly keys = new Map<number, Uint8Array>();
-  readonly arena: Buffer;
-  used = 0;
+  bytes = 0;
 
-  constructor(capacity: number) {
-    this.arena = Buffer.from(new ArrayBuffer(capacity));
-  }
+  constructor(readonly keyId: number) {}
 
-  fits(length: number): boolean {
-    return this.used + length <= this.arena.length;
-  }
-
-  add(kind: SealRequest["kind"], plain: Uint8Array, id: string, key: SealKey, waiting: Waiting): void {
-    this.arena.set(plain, this.used);
-    this.requests.push({ kind, offset: this.used, length: plain.length, id, keyId: key.keyId });
-    this.used += plain.length;
+  /** Adds a job; its data is transferred when owned and standalone, copied otherwise. */
+  add(job: Job, owned: boolean, weight: number, waiting: Waiting): void {
+    const data = job.data;
+    if (owned && isStandalone(data) && !this.transfer.has(data.buffer as ArrayBuffer)) {
+      this.transfer.add(data.buffer as ArrayBuffer);
+    } else if (data.length > 0) {
+      job.data = copyOf(data);
+      this.transfer.add(job.data.buffer as ArrayBuffer);
+    }
+    this.jobs.push(job);
     this.waiting.push(waiting);
-    // A copy of the key in its own small buffer (a pooled Buffer would clone its whole slab).
-    if (!this.keys.has(key.keyId)) this.keys.set(key.keyId, new Uint8Array(key.key));
+    this.bytes += weight;
+  }
+
+  addKey(id: number, key: Uint8Array): void {
+    // A copy in its own small buffer (a pooled Buffer would clone its whole slab).
+    if (!this.keys.has(id)) this.keys.set(id, new Uint8Array(key));
   }
 }
 
 class PoolWorker {
-  /** Requests queued or sent and not answered yet. */
-  inFlight = 0;
+  /** Bytes of the jobs queued or sent and not answered yet (for balancing). */
+  load = 0;
   private batch: Batch | undefined;
-  private readonly sent = new Map<number, Waiting[]>();
+  private readonly sent = new Map<number, { waiting: Waiting[]; bytes: number }>();
   private flushScheduled = false;
   private failure: IotvaultError | undefined;
   private seq = 0;
 
   constructor(
     readonly worker: Worker,
-    private readonly compressionLevel: number,
-    private readonly macKey: Uint8Array,
+    private readonly arenas: ArenaPool,
   ) {
     worker.unref();
-    worker.on("message", (reply: SealBatchReply) => this.settle(reply));
+    worker.on("message", (reply: BatchReply) => this.settle(reply));
     worker.on("error", (err) => this.failAll(err));
-    worker.on("exit", (code) => this.failAll(new Error(`seal worker exited with code ${code}`)));
+    worker.on("exit", (code) => this.failAll(new Error(`the pipeline worker exited with code ${code}`)));
   }
 
-  enqueue(kind: SealRequest["kind"], plain: Uint8Array, id: string, key: SealKey): Promise<SealedWhole> {
+  init(params: PipelineParams): void {
+    const message: WorkerInit = {
+      init: { ...params, macKey: new Uint8Array(params.macKey), gear: new Uint32Array(params.gear) },
+    };
+    this.worker.postMessage(message);
+  }
+
+  enqueue(job: Job, owned: boolean, keys: Iterable<[number, Uint8Array]>, keyId: number, weight: number) {
     if (this.failure) return Promise.reject(this.failure);
-    return new Promise<SealedWhole>((resolve, reject) => {
-      if (this.batch && !this.batch.fits(plain.length)) this.flush();
-      const batch = (this.batch ??= new Batch(Math.max(BATCH_BYTES, plain.length)));
-      batch.add(kind, plain, id, key, { resolve, reject });
-      this.inFlight++;
-      if (batch.used >= BATCH_BYTES || batch.requests.length >= BATCH_REQUESTS) this.flush();
-      else if (!this.flushScheduled) {
-        this.flushScheduled = true;
-        setImmediate(() => this.flush());
-      }
-    });
+    return new Promise<{ result: JobResult & { ok: true }; arena: ArrayBuffer; release: () => void }>(
+      (resolve, reject) => {
+        if (this.batch && this.batch.keyId !== keyId) this.flush();
+        const batch = (this.batch ??= new Batch(keyId));
+        for (const [id, key] of keys) batch.addKey(id, key);
+        const bytes = weight;
+        batch.add(job, owned, weight, {
+          resolve: (result, arena, release) => resolve({ result, arena, release }),
+          reject,
+        });
+        this.load += bytes;
+        if (batch.bytes >= BATCH_BYTES || batch.jobs.length >= BATCH_JOBS) this.flush();
+        else if (!this.flushScheduled) {
+          this.flushScheduled = true;
+          setImmediate(() => this.flush());
+        }
+      },
+    );
   }
 
   private flush(): void {
     this.flushScheduled = false;
     const batch = this.batch;
-    if (!batch || batch.requests.length === 0) return;
+    if (!batch || batch.jobs.length === 0) return;
     this.batch = undefined;
-    const message: SealBatch = {
-      seq: ++this.seq,
-      compressionLevel: this.compressionLevel,
-      macKey: new Uint8Array(this.macKey),
-      keys: [...batch.keys],
-      arena: batch.arena.buffer as ArrayBuffer,
-      requests: batch.requests,
-    };
-    this.sent.set(message.seq, batch.waiting);
+    const sealing = batch.jobs.some((j) => j.kind !== "open");
+    const arena = sealing ? this.arenas.take(batch.bytes + batch.jobs.length * 64) : undefined;
+    const message: JobBatch = { seq: ++this.seq, arena, keyId: batch.keyId, keys: [...batch.keys], jobs: batch.jobs };
+    this.sent.set(message.seq, { waiting: batch.waiting, bytes: batch.bytes });
     if (this.sent.size === 1) this.worker.ref();
-    this.worker.postMessage(message, [message.arena]);
+    this.worker.postMessage(message, arena ? [arena, ...batch.transfer] : [...batch.transfer]);
   }
 
-  private settle(reply: SealBatchReply): void {
-    const waiting = this.sent.get(reply.seq);
-    if (!waiting) return;
+  private settle(reply: BatchReply): void {
+    const entry = this.sent.get(reply.seq);
+    if (!entry) return;
     this.sent.delete(reply.seq);
     if (this.sent.size === 0) this.worker.unref();
-    this.inFlight -= waiting.length;
+    this.load -= entry.bytes;
+    const holders = reply.results.filter(holdsBlobs).length;
+    const release = this.arenas.lease(reply.arena, holders);
     reply.results.forEach((result, i) => {
-      const w = waiting[i]!;
-      if (!result.ok) {
-        w.reject(new IotvaultError("INTERNAL", `sealing a chunk failed in a worker thread: ${result.message}`));
-        return;
-      }
-      const sealed = Buffer.from(reply.arena, result.offset, result.length);
-      w.resolve({ flags: result.flags, sealed, id: result.id, sha256: result.sha256 });
+      const w = entry.waiting[i]!;
+      if (result.ok) w.resolve(result, reply.arena, holdsBlobs(result) ? release : noop);
+      else w.reject(new IotvaultError("INTERNAL", `a pipeline job failed in a worker thread: ${result.message}`));
     });
   }
 
   private failAll(err: unknown): void {
     this.failure ??= new IotvaultError(
       "INTERNAL",
-      `a seal worker thread failed: ${err instanceof Error ? err.message : String(err)}`,
+      `a pipeline worker thread failed: ${err instanceof Error ? err.message : String(err)}`,
       { cause: err },
     );
-    for (const waiting of [...this.sent.values(), this.batch?.waiting ?? []])
+    for (const { waiting } of [...this.sent.values(), { waiting: this.batch?.waiting ?? [] }])
       for (const w of waiting) w.reject(this.failure);
     this.sent.clear();
     this.batch = undefined;
-    this.inFlight = 0;
+    this.load = 0;
     this.worker.unref();
   }
 }
 
 export class WorkerSealer implements ChunkSealer {
   private pool: PoolWorker[] | undefined;
+  private readonly arenas: ArenaPool;
   private closed = false;
-  /** A copy of the MAC key ("whole" requests compute chunk ids in the worker). */
+  private shape: PipelineShape = READ_ONLY_SHAPE;
+  /** A copy of the MAC key (workers compute chunk ids). */
   private readonly macKey: Uint8Array;
 
   constructor(
@@ -172,14 +249,68 @@ export class WorkerSealer implements ChunkSealer {
     macKey: Uint8Array,
   ) {
     this.macKey = new Uint8Array(macKey);
+    this.arenas = new ArenaPool(parallelism + 2);
   }
 
-  seal(plain: Buffer, id: string, key: SealKey): Promise<Sealed> {
-    return this.send("chunk", plain, id, key);
+  configure(shape: PipelineShape): void {
+    if (this.shape.gear === shape.gear) return;
+    this.shape = shape;
+    for (const w of this.pool ?? []) w.init(this.params());
   }
 
-  sealWhole(plain: Buffer, key: SealKey): Promise<SealedWhole> {
-    return this.send("whole", plain, "", key);
+  async seal(plain: Uint8Array, owned: boolean, id: string, key: SealKey): Promise<Sealed> {
+    const { result, arena, release } = await this.send(
+      { kind: "chunk", data: plain, id },
+      owned,
+      [[key.keyId, key.key]],
+      key.keyId,
+    );
+    if (result.kind !== "chunk") throw unexpected();
+    return { flags: result.flags, sealed: Buffer.from(arena, result.at, result.length), release };
+  }
+
+  async sealFile(content: Uint8Array, owned: boolean, key: SealKey): Promise<SealedFile> {
+    if (this.shape === READ_ONLY_SHAPE)
+      throw new Error("the chunk sealer was not configured with the chunker's parameters");
+    const { result, arena, release } = await this.send(
+      { kind: "file", data: content },
+      owned,
+      [[key.keyId, key.key]],
+      key.keyId,
+    );
+    if (result.kind !== "file") throw unexpected();
+    return { sha256: result.sha256, size: result.size, chunks: views(result.chunks, arena), release };
+  }
+
+  async sealLocalFile(
+    path: string,
+    expectedBytes: number,
+    options: LocalReadOptions,
+    key: SealKey,
+  ): Promise<SealedLocalFile> {
+    if (this.shape === READ_ONLY_SHAPE)
+      throw new Error("the chunk sealer was not configured with the chunker's parameters");
+    const job: Job = { kind: "path", data: EMPTY, path, options };
+    const { result, arena, release } = await this.send(job, false, [[key.keyId, key.key]], key.keyId, expectedBytes);
+    if (result.kind !== "path") throw unexpected();
+    if ("outcome" in result) return { kind: result.outcome, message: result.message };
+    const file = { sha256: result.sha256, size: result.size, chunks: views(result.chunks, arena), release };
+    return { kind: "read", stat: result.stat, file };
+  }
+
+  async open(
+    data: Uint8Array,
+    owned: boolean,
+    blobs: BlobRef[],
+    keys: ReadonlyMap<number, Uint8Array>,
+  ): Promise<OpenedBlob[]> {
+    const { result } = await this.send({ kind: "open", data, blobs }, owned, keys, 0);
+    if (result.kind !== "open") throw unexpected();
+    return result.blobs.map((b): OpenedBlob => {
+      if (!b.ok) return b;
+      const plain = b.plain ? Buffer.from(b.plain.buffer, b.plain.byteOffset, b.plain.byteLength) : NO_BYTES;
+      return { ok: true, plain, digest: b.digest };
+    });
   }
 
   async close(): Promise<void> {
@@ -188,20 +319,56 @@ export class WorkerSealer implements ChunkSealer {
     this.pool = undefined;
     this.macKey.fill(0);
     await Promise.all(pool.map((w) => w.worker.terminate()));
+    collectAll();
   }
 
-  private send(kind: SealRequest["kind"], plain: Uint8Array, id: string, key: SealKey): Promise<SealedWhole> {
+  private send(
+    job: Job,
+    owned: boolean,
+    keys: Iterable<[number, Uint8Array]>,
+    keyId: number,
+    weight = job.data.length,
+  ) {
     if (this.closed) return Promise.reject(new IotvaultError("FAILED_PRECONDITION", "the repository is closed"));
     const pool = (this.pool ??= this.start());
-    const worker = pool.reduce((best, w) => (w.inFlight < best.inFlight ? w : best));
-    return worker.enqueue(kind, plain, id, key);
+    const worker = pool.reduce((best, w) => (w.load < best.load ? w : best));
+    return worker.enqueue(job, owned, keys, keyId, weight);
+  }
+
+  private params(): PipelineParams {
+    return { compressionLevel: this.compressionLevel, macKey: this.macKey, ...this.shape };
   }
 
   private start(): PoolWorker[] {
     const url = new URL("./seal-worker.js", import.meta.url);
-    return Array.from(
-      { length: this.parallelism },
-      () => new PoolWorker(new Worker(url), this.compressionLevel, this.macKey),
-    );
+    return Array.from({ length: this.parallelism }, () => {
+      const w = new PoolWorker(new Worker(url), this.arenas);
+      w.init(this.params());
+      return w;
+    });
   }
 }
+
+const EMPTY = new Uint8Array(0);
+/** The plaintext of a blob written to a sink (it stays in the worker). */
+const NO_BYTES = Buffer.alloc(0);
+const noop = (): void => undefined;
+
+/** Whether a result points into its batch's arena (sealed blobs). */
+function holdsBlobs(r: JobResult): boolean {
+  return (
+    r.ok && (r.kind === "chunk" || ((r.kind === "file" || r.kind === "path") && "chunks" in r && r.chunks.length > 0))
+  );
+}
+
+function views(chunks: SealedChunkRef[], arena: ArrayBuffer) {
+  return chunks.map((c) => ({
+    id: c.id,
+    rawLength: c.rawLength,
+    flags: c.flags,
+    sealed: Buffer.from(arena, c.at, c.length),
+  }));
+}
+
+const unexpected = () =>
+  new IotvaultError("INTERNAL", "a pipeline worker answered a job with the wrong kind of result");

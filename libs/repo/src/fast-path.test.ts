@@ -1,0 +1,176 @@
+/**
+ * The fast paths of backup and restore: files read and sealed by the worker threads themselves
+ * (addLocalFile), and contents fetched ahead and written into descriptors by the workers
+ * (readFiles().write), each against real temporary files.
+ */
+import assert from "node:assert/strict";
+import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { test } from "node:test";
+import { isCode } from "@iotvault/errors";
+import { packKey } from "./format.js";
+import type { LocalFileStat } from "./pipeline-core.js";
+import { Repository } from "./repository.js";
+import { FAST, META, PASSWORD, collect, coreOf, fileNode, jsonLines, newRepo, pieces, random } from "./test-util.js";
+import type { TreeNode } from "./tree.js";
+
+function withDir<T>(fn: (dir: string) => Promise<T>): Promise<T> {
+  const dir = mkdtempSync(join(tmpdir(), "iotvault-fast-"));
+  return fn(dir).finally(() => rmSync(dir, { recursive: true, force: true }));
+}
+
+const nodeOf = (path: string) => (stat: LocalFileStat) => ({
+  ...fileNode(path),
+  mode: stat.mode & 0o7777,
+  mtimeNs: stat.mtimeNs.toString(),
+  inode: stat.ino.toString(),
+});
+
+/** Writes each file's content through `readFiles().write` into a new file; returns what was written. */
+async function restoreAll(repo: Repository, nodes: TreeNode[], dir: string): Promise<Map<string, Buffer>> {
+  const reader = repo.readFiles({ aheadBytes: 8 << 20 });
+  const out = new Map<string, Buffer>();
+  try {
+    await Promise.all(
+      nodes.map(async (node, i) => {
+        const path = join(dir, `out-${i}`);
+        const fd = openSync(path, "w+");
+        try {
+          assert.equal(await reader.write(node, fd), node.size);
+        } finally {
+          closeSync(fd);
+        }
+        out.set(node.path, readFileSync(path));
+      }),
+    );
+  } finally {
+    reader.close();
+  }
+  return out;
+}
+
+for (const workers of [1, 2]) {
+  void test(`addLocalFile reads files in the sealer (workers: ${workers}); vanished files are not added and say why`, async () => {
+    await withDir(async (dir) => {
+      const { store, repo } = await newRepo({ workers });
+      try {
+        const files = new Map<string, Buffer>([
+          ["a.json", jsonLines(300_000)],
+          ["b.bin", random(2_500_000)], // more than one chunk (512 KiB minimum)
+          ["c.txt", Buffer.from("tiny")],
+          ["empty", Buffer.alloc(0)],
+        ]);
+        for (const [name, data] of files) writeFileSync(join(dir, name), data);
+        mkdirSync(join(dir, "a-directory"));
+        const w = await repo.startBackup({ runId: `local-${workers}` });
+        const outcomes = await Promise.all([
+          ...[...files.keys()].map((name) =>
+            w.addLocalFile(join(dir, name), files.get(name)!.length, { node: nodeOf(name) }),
+          ),
+          w.addLocalFile(join(dir, "missing"), 10, { node: nodeOf("missing") }),
+          w.addLocalFile(join(dir, "a-directory"), 10, { node: nodeOf("a-directory") }),
+        ]);
+        const { snapshot, stats } = await w.commit(META);
+        assert.deepEqual(
+          outcomes.map((o) => (o.added ? "added" : o.reason)),
+          ["added", "added", "added", "added", "gone", "gone"],
+        );
+        assert.equal(stats.filesNew, 4);
+        assert.equal(
+          stats.bytesRead,
+          [...files.values()].reduce((n, d) => n + d.length, 0),
+        );
+        const first = outcomes[0];
+        assert.ok(first.added && first.node.inode === statSync(join(dir, "a.json")).ino.toString());
+        await repo.close();
+
+        const reopened = await Repository.open(store, PASSWORD, FAST);
+        try {
+          const tree = await collect(reopened.readTree(snapshot));
+          assert.deepEqual(
+            tree.map((n) => n.path),
+            ["a.json", "b.bin", "c.txt", "empty"],
+          );
+          assert.ok(tree[1]!.chunks!.length > 1, "b.bin is several chunks");
+          const restored = await restoreAll(reopened, tree, dir);
+          for (const [name, data] of files) assert.ok(restored.get(name)!.equals(data), name);
+        } finally {
+          await reopened.close();
+        }
+      } finally {
+        await repo.close();
+      }
+    });
+  });
+}
+
+void test("readFiles fetches many files in few requests; read() yields them in order", async () => {
+  await withDir(async (dir) => {
+    const { store, repo } = await newRepo({ workers: 2, packSizeBytes: 4 << 20 });
+    try {
+      const w = await repo.startBackup({ runId: "many" });
+      const contents = Array.from({ length: 300 }, (_, i) => (i % 3 ? jsonLines(5_000 + i * 31) : random(9_000 + i)));
+      contents.push(random(3 << 20));
+      await Promise.all(contents.map((data, i) => w.addFile(fileNode(`f${String(i).padStart(3, "0")}`), pieces(data))));
+      const { snapshot } = await w.commit(META);
+      const tree = await collect(repo.readTree(snapshot));
+
+      let gets = 0;
+      const get = store.get.bind(store);
+      store.get = (...args) => {
+        if (args[0].startsWith("data/")) gets++;
+        return get(...args);
+      };
+      const restored = await restoreAll(repo, tree, dir);
+      tree.forEach((node, i) => assert.ok(restored.get(node.path)!.equals(contents[i]!), node.path));
+      assert.ok(gets <= 12, `${gets} ranged gets for ${tree.length} files in ${coreOf(repo).index.packs().size} packs`);
+
+      const reader = repo.readFiles();
+      try {
+        const streams = tree.slice(0, 20).map((node) => reader.read(node));
+        for (const [i, stream] of streams.entries()) {
+          const parts: Buffer[] = [];
+          for await (const part of stream) parts.push(part);
+          assert.ok(Buffer.concat(parts).equals(contents[i]!));
+        }
+      } finally {
+        reader.close();
+      }
+    } finally {
+      await repo.close();
+    }
+  });
+});
+
+void test("a damaged blob fails the write of its file only, naming the pack; the others are written", async () => {
+  await withDir(async (dir) => {
+    const { store, repo } = await newRepo({ workers: 2, packSizeBytes: 1 << 20 });
+    try {
+      const w = await repo.startBackup({ runId: "damaged" });
+      const a = await w.addFile(fileNode("a.bin"), pieces(random(1 << 20)));
+      const b = await w.addFile(fileNode("b.bin"), pieces(random(1 << 20)));
+      await w.commit(META);
+      const loc = coreOf(repo).index.get(a.chunks![0]!)!;
+      store.raw(packKey(loc.packId))![loc.offset + 100]! ^= 1;
+
+      const reader = repo.readFiles();
+      const fdA = openSync(join(dir, "a"), "w+");
+      const fdB = openSync(join(dir, "b"), "w+");
+      try {
+        const [ra, rb] = await Promise.allSettled([reader.write(a, fdA), reader.write(b, fdB)]);
+        assert.equal(ra.status, "rejected");
+        const err = ra.reason as Error;
+        assert.ok(isCode(err, "DATA_CORRUPT") && err.message.includes(loc.packId) && err.message.includes("a.bin"));
+        assert.equal(rb.status, "fulfilled");
+      } finally {
+        reader.close();
+        closeSync(fdA);
+        closeSync(fdB);
+      }
+      assert.equal(readFileSync(join(dir, "b")).length, 1 << 20);
+    } finally {
+      await repo.close();
+    }
+  });
+});

@@ -1,0 +1,221 @@
+/**
+ * The per-byte work of backups and restores, whatever thread it runs in (the calling thread
+ * for `workers: 1`, worker threads otherwise, see seal-worker.ts):
+ *  - a whole file: content-defined chunks, the SHA-256 of each chunk and of the file (one pass
+ *    when the file is one chunk), chunk ids, zstd and encryption of every chunk;
+ *  - a chunk whose id is known: zstd and encryption;
+ *  - a blob read back: decryption, decompression, check against its chunk id.
+ */
+import { createHash } from "node:crypto";
+import { closeSync, constants, fstatSync, openSync, readSync, writeSync, type BigIntStats } from "node:fs";
+import { type Arena, BlobSealer, chunkIdOfDigest, sha256, unsealBlob, type SealKey, type Unsealed } from "./blob.js";
+import { cut, cutParams, type CutParams } from "./chunker.js";
+import type { ChunkerParams } from "./config.js";
+
+export const EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+/** What every pipeline thread needs to know once (none of it changes while a repository is open). */
+export interface PipelineParams {
+  compressionLevel: number;
+  macKey: Uint8Array;
+  gear: Uint32Array;
+  chunker: Pick<ChunkerParams, "minSize" | "avgSize" | "maxSize" | "normalization">;
+}
+
+export interface SealedChunk {
+  id: string;
+  rawLength: number;
+  flags: number;
+  sealed: Buffer;
+}
+
+/** A whole file, chunked, hashed and sealed; chunks in file order. */
+export interface SealedFile {
+  sha256: string;
+  size: number;
+  chunks: SealedChunk[];
+  /** Call once the chunks were copied (into packs) or dropped: their buffer may then be reused. */
+  release?: (() => void) | undefined;
+}
+
+/** A blob to open: where it is in a fetched buffer, and what the index says about it. */
+export interface BlobRef {
+  at: number;
+  length: number;
+  id: string;
+  rawLength: number;
+  flags: number;
+  /** Write the checked plaintext here (a descriptor open for writing, and a position) instead of returning it. */
+  sink?: { fd: number; position: number } | undefined;
+}
+
+/** The stat of a local file, as read (fstat) just before its content was read. */
+export interface LocalFileStat {
+  size: number;
+  mode: number;
+  uid: number;
+  gid: number;
+  ino: bigint;
+  dev: bigint;
+  mtimeNs: bigint;
+  ctimeNs: bigint;
+}
+
+/** How a local file was read: its content with the stat it was read under, or why not. */
+export type LocalRead =
+  { kind: "read"; stat: LocalFileStat; content: Uint8Array } | { kind: "changed" | "gone"; message: string };
+
+export interface LocalReadOptions {
+  /** Reads to try while the file keeps changing under the read. */
+  attempts: number;
+  /** A file larger than this (it grew since it was listed) is given up as changing. */
+  maxBytes: number;
+}
+
+export class PipelineCore {
+  private readonly sealer: BlobSealer;
+  private readonly cut: CutParams;
+  /** The buffer local files are read into (reused: fresh memory costs more than reading). */
+  private readBuffer = Buffer.alloc(0);
+  /** The buffer blobs written to a sink are decompressed into (reused). */
+  private plainBuffer = Buffer.alloc(0);
+
+  constructor(readonly params: PipelineParams) {
+    this.sealer = new BlobSealer(params.compressionLevel);
+    this.cut = cutParams({ algorithm: "fastcdc-gear", ...params.chunker }, params.gear);
+  }
+
+  /** Compresses and encrypts a chunk whose id is known. */
+  sealChunk(plain: Uint8Array, id: string, key: SealKey): { flags: number; sealed: Buffer } {
+    return this.sealer.seal(plain, id, key);
+  }
+
+  /** Chunks, hashes and seals a whole file held in one buffer. */
+  sealFile(content: Uint8Array, key: SealKey): SealedFile {
+    return this.chunkFile(content, (plain, id) => this.sealer.seal(plain, id, key));
+  }
+
+  /** Like sealFile, with the blobs written into `arena`: each chunk says where its blob is. */
+  sealFileInto(content: Uint8Array, key: SealKey, arena: Arena) {
+    return this.chunkFile(content, (plain, id) => this.sealer.sealInto(plain, id, key, arena));
+  }
+
+  /** Compresses and encrypts a chunk whose id is known into `arena`. */
+  sealChunkInto(plain: Uint8Array, id: string, key: SealKey, arena: Arena) {
+    return this.sealer.sealInto(plain, id, key, arena);
+  }
+
+  /**
+   * Cuts a whole file into content-defined chunks and hands each, with its id, to `seal`. The
+   * file's sha256 is the chunk's SHA-256 when the file is one chunk (one pass over the bytes).
+   */
+  private chunkFile<T>(content: Uint8Array, seal: (plain: Uint8Array, id: string) => T) {
+    const size = content.length;
+    const chunks: (T & { id: string; rawLength: number })[] = [];
+    if (size === 0) return { sha256: EMPTY_SHA256, size, chunks };
+    const bounds: number[] = [];
+    for (let start = 0; start < size;) {
+      start += cut(this.cut, content, start, size);
+      bounds.push(start);
+    }
+    const whole = bounds.length === 1 ? undefined : createHash("sha256").update(content).digest("hex");
+    let start = 0;
+    let fileSha256 = whole ?? "";
+    for (const end of bounds) {
+      const plain = content.subarray(start, end);
+      const digest = sha256(plain);
+      if (whole === undefined) fileSha256 = digest.toString("hex");
+      const id = chunkIdOfDigest(this.params.macKey, digest);
+      chunks.push({ id, rawLength: plain.length, ...seal(plain, id) });
+      start = end;
+    }
+    return { sha256: fileSha256, size, chunks };
+  }
+
+  /**
+   * Reads a local regular file whole (opened with O_NOFOLLOW), checking that its fstat before
+   * and after the read agree (size, mtime, ctime, inode); a file that changes meanwhile is read
+   * again, up to `attempts` times. The content is a view of a reused buffer: valid until the
+   * next call.
+   */
+  readLocalFile(path: string, options: LocalReadOptions): LocalRead {
+    for (let attempt = 1; attempt <= options.attempts; attempt++) {
+      const r = this.readOnce(path, options.maxBytes);
+      if (r.kind !== "changed") return r;
+    }
+    return { kind: "changed", message: `skipped: it changed while being read, ${options.attempts} times in a row` };
+  }
+
+  private readOnce(path: string, maxBytes: number): LocalRead {
+    let fd: number;
+    try {
+      fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW);
+    } catch (err) {
+      return { kind: "gone", message: `skipped, it vanished or cannot be opened: ${(err as Error).message}` };
+    }
+    try {
+      const before = fstatSync(fd, { bigint: true });
+      if (!before.isFile()) return { kind: "gone", message: "skipped: it is no longer a regular file" };
+      const size = Number(before.size);
+      if (size > maxBytes) return { kind: "changed", message: "it grew while being read" };
+      if (this.readBuffer.length < size) this.readBuffer = Buffer.allocUnsafeSlow(roundUp(size, 1 << 20));
+      let position = 0;
+      while (position < size) {
+        const n = readSync(fd, this.readBuffer, position, size - position, position);
+        if (n === 0) break;
+        position += n;
+      }
+      const after = fstatSync(fd, { bigint: true });
+      if (position !== size || !sameContentStat(before, after))
+        return { kind: "changed", message: "it changed while being read" };
+      return { kind: "read", stat: statOf(before), content: this.readBuffer.subarray(0, size) };
+    } catch (err) {
+      return { kind: "gone", message: `skipped, reading failed: ${(err as Error).message}` };
+    } finally {
+      try {
+        closeSync(fd);
+      } catch {
+        // nothing to do about a failed close of a read-only descriptor
+      }
+    }
+  }
+
+  /**
+   * Decrypts, decompresses and checks a blob; with `ref.sink`, writes the plaintext there (the
+   * plaintext then lives in a reused buffer: `plain` is valid until the next call).
+   */
+  openBlob(sealed: Uint8Array, ref: BlobRef, keyFor: (keyId: number) => Uint8Array | undefined): Unsealed {
+    if (!ref.sink) return unsealBlob(sealed, ref, keyFor, this.params.macKey);
+    if (this.plainBuffer.length < ref.rawLength)
+      this.plainBuffer = Buffer.allocUnsafeSlow(Math.max(ref.rawLength, 1 << 20));
+    const r = unsealBlob(sealed, ref, keyFor, this.params.macKey, this.plainBuffer);
+    if (!r.ok) return r;
+    try {
+      for (let done = 0; done < r.plain.length;) {
+        done += writeSync(ref.sink.fd, r.plain, done, r.plain.length - done, ref.sink.position + done);
+      }
+    } catch (err) {
+      return { ok: false, problem: `writing it to the restored file failed: ${(err as Error).message}` };
+    }
+    return r;
+  }
+}
+
+function sameContentStat(a: BigIntStats, b: BigIntStats): boolean {
+  return a.size === b.size && a.mtimeNs === b.mtimeNs && a.ctimeNs === b.ctimeNs && a.ino === b.ino;
+}
+
+function statOf(s: BigIntStats): LocalFileStat {
+  return {
+    size: Number(s.size),
+    mode: Number(s.mode),
+    uid: Number(s.uid),
+    gid: Number(s.gid),
+    ino: s.ino,
+    dev: s.dev,
+    mtimeNs: s.mtimeNs,
+    ctimeNs: s.ctimeNs,
+  };
+}
+
+const roundUp = (n: number, unit: number): number => Math.ceil(n / unit) * unit;
