@@ -13,7 +13,12 @@ async function digest(root: string, rel = ""): Promise<string[]> {
     const st = await lstat(join(root, p));
     if (st.isSymbolicLink()) out.push(`L ${p} -> ${await readlink(join(root, p))}`);
     else if (st.isDirectory()) out.push(`D ${p}`, ...(await digest(root, p)));
-    else out.push(`F ${p} ${(st.mode & 0o777).toString(8)} ${createHash("sha256").update(await readFile(join(root, p))).digest("hex")}`);
+    else
+      out.push(
+        `F ${p} ${(st.mode & 0o777).toString(8)} ${createHash("sha256")
+          .update(await readFile(join(root, p)))
+          .digest("hex")}`,
+      );
   }
   return out;
 }
@@ -35,8 +40,22 @@ describe("sample IoT gateway tree", () => {
       assert.ok(a.bytes > 1.6 * (1 << 20) && a.bytes < 2.6 * (1 << 20), `size ${a.bytes}`);
       assert.ok(c.files > 50);
       // The mix: telemetry, blobs with duplicate firmware, configs, RDF, and the fidelity cases.
-      for (const re of [/^F telemetry\/.*\.csv /, /^F telemetry\/.*\.jsonl /, /^F blobs\/firmware\//, /^F config\/.*\.yaml /, /^F models\/.*\.ttl /, /^F models\/.*\.nt /, /^F config\/agent\/EMPTY\.flag /, /^D spool\/outbox$/, /^F bin\/collect\.sh 755 /, /日本語/]) {
-        assert.ok(da!.some((l) => re.test(l)), `no entry matches ${re}`);
+      for (const re of [
+        /^F telemetry\/.*\.csv /,
+        /^F telemetry\/.*\.jsonl /,
+        /^F blobs\/firmware\//,
+        /^F config\/.*\.yaml /,
+        /^F models\/.*\.ttl /,
+        /^F models\/.*\.nt /,
+        /^F config\/agent\/EMPTY\.flag /,
+        /^D spool\/outbox$/,
+        /^F bin\/collect\.sh 755 /,
+        /日本語/,
+      ]) {
+        assert.ok(
+          da!.some((l) => re.test(l)),
+          `no entry matches ${re}`,
+        );
       }
       const firmware = da!.filter((l) => l.includes("sensorhub-a")).map((l) => l.split(" ").pop());
       assert.ok(new Set(firmware).size < firmware.length, "firmware copies are byte-identical duplicates");

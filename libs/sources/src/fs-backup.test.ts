@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { appendFileSync } from "node:fs";
+import { appendFileSync, writeFileSync } from "node:fs";
 import { chmod, mkdir, rename, symlink, utimes, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { test } from "node:test";
@@ -151,6 +151,29 @@ void test("special files are skipped with a warning; a file changing while read 
       ["a-fifo", "growing.log"],
     );
     assert.match(warnings[1]!.message, /changed while being read/);
+  });
+});
+
+void test("a name that is not valid UTF-8 is skipped with a warning naming its bytes; the rest is backed up", async () => {
+  await withSandbox(async ({ dir, repo }) => {
+    const src = dir("src");
+    await mkdir(join(src, "etc"), { recursive: true });
+    await writeFile(join(src, "etc/ok.conf"), "ok");
+    // Latin-1 "caf\xe9.conf": a valid Linux name, not valid UTF-8.
+    writeFileSync(
+      Buffer.concat([Buffer.from(join(src, "etc") + "/"), Buffer.from([0x63, 0x61, 0x66, 0xe9]), Buffer.from(".conf")]),
+      "x",
+    );
+    const warnings: { path: string; message: string }[] = [];
+    const writer = await repo.startBackup({ runId: "latin1" });
+    const result = await backupDirectory(repo, writer, { root: src, onWarning: (w) => warnings.push(w) });
+    const { snapshot } = await writer.commit({ jobId: "j", jobName: "j", source: "fs:x", backupType: "full" });
+    const paths: string[] = [];
+    for await (const n of repo.readTree(snapshot)) paths.push(n.path);
+    assert.deepEqual(paths, ["etc", "etc/ok.conf"]);
+    assert.equal(result.warnings, 1);
+    assert.equal(warnings[0]!.path, "etc/caf\\xe9.conf");
+    assert.match(warnings[0]!.message, /not valid UTF-8/);
   });
 });
 

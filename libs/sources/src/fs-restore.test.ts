@@ -4,6 +4,8 @@ import { join } from "node:path";
 import { test } from "node:test";
 import { isCode } from "@iotvault/errors";
 import type { Repository, SnapshotManifest, TreeNode } from "@iotvault/repo";
+import type { RestoreContext } from "./adapter.js";
+import { fsAdapter } from "./adapters/fs.js";
 import { restoreToDirectory } from "./fs/restore.js";
 import { backup, withSandbox } from "./test-util.js";
 
@@ -73,6 +75,35 @@ void test("a symlink pointing outside the target is refused unless allowed", asy
     const allowed = await restoreToDirectory(repo, snap, { target: dir("t3"), allowExternalSymlinks: true });
     assert.equal(allowed.symlinks, 2);
     assert.ok((await lstat(join(dir("t3"), "out"))).isSymbolicLink());
+  });
+});
+
+void test("a chain of symlinks that each look inside but resolve outside is refused and removed", async () => {
+  await withSandbox(async ({ dir, repo }) => {
+    // "x -> ." and "a -> x/x/x/../.." both stay inside lexically; through x, a ends two levels
+    // above the target. A loop counts as outside too.
+    const snap = await craft(repo, "chain", [
+      { ...base, path: "a", type: "symlink", mode: 0o777, target: "x/x/x/../.." },
+      { ...base, path: "fine", type: "symlink", mode: 0o777, target: "x/sub/file" },
+      { ...base, path: "x", type: "symlink", mode: 0o777, target: "." },
+    ]);
+    const target = dir("chain-target");
+    await assert.rejects(restoreToDirectory(repo, snap, { target }), (err: unknown) => {
+      assert.ok(isCode(err, "PERMISSION_DENIED"), String(err));
+      assert.match(err.message, /refusing to restore "a": through other symlinks .* points outside/);
+      return true;
+    });
+    assert.deepEqual(await entries(target), ["fine", "x"]);
+
+    const loop = await craft(repo, "loop", [
+      { ...base, path: "l1", type: "symlink", mode: 0o777, target: "l2" },
+      { ...base, path: "l2", type: "symlink", mode: 0o777, target: "l1" },
+    ]);
+    await assert.rejects(restoreToDirectory(repo, loop, { target: dir("loop-target") }), (err: unknown) =>
+      isCode(err, "PERMISSION_DENIED"),
+    );
+    const allowed = await restoreToDirectory(repo, snap, { target: dir("chain-allowed"), allowExternalSymlinks: true });
+    assert.equal(allowed.symlinks, 3);
   });
 });
 
@@ -166,5 +197,39 @@ void test("a restore that fails mid-file leaves no half file under the final nam
     const target = dir("target");
     await assert.rejects(restoreToDirectory(repo, snapshot, { target }), (err: unknown) => isCode(err, "DATA_CORRUPT"));
     assert.deepEqual(await entries(target), []);
+  });
+});
+
+function context(repo: Repository, snapshot: SnapshotManifest, target: string): RestoreContext {
+  return {
+    repo,
+    snapshot,
+    target,
+    include: [],
+    overwrite: false,
+    verify: true,
+    allowExternalSymlinks: false,
+    options: {},
+    services: {},
+    signal: new AbortController().signal,
+    onProgress: () => undefined,
+  };
+}
+
+void test("a file-system snapshot refuses a relative target or another kind's URL, writing nothing", async () => {
+  await withSandbox(async ({ dir, repo }) => {
+    const snap = await craft(repo, "plain", [{ file: "a.txt", content: "a" }]);
+    const cwd = await entries(process.cwd());
+    for (const target of ["kv:gateway", "relative/dir", "postgres://u:s3cret@h/db"]) {
+      await assert.rejects(fsAdapter.restore(context(repo, snap, target)), (err: unknown) => {
+        assert.ok(isCode(err, "INVALID_ARGUMENT"), String(err));
+        assert.match(err.message, /restores into a directory/);
+        assert.doesNotMatch(err.message, /s3cret/);
+        return true;
+      });
+    }
+    assert.deepEqual(await entries(process.cwd()), cwd, "nothing was created in the working directory");
+    const ok = await fsAdapter.restore(context(repo, snap, dir("abs-target")));
+    assert.equal(ok.files, 1);
   });
 });

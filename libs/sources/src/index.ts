@@ -21,4 +21,82 @@ export {
 } from "./fs/backup.js";
 export { restoreToDirectory, type RestoreDirectoryOptions, type RestoreDirectoryResult } from "./fs/restore.js";
 export { parseSourceUrl } from "./fs/url.js";
+export type {
+  BackupContext,
+  BackupKind,
+  BackupSourceResult,
+  RestoreContext,
+  RestoreTargetResult,
+  SourceAdapter,
+  SourceJob,
+  SourceProgress,
+  SourceWarning,
+  RecoveryPoint,
+} from "./adapter.js";
+export { fsAdapter } from "./adapters/fs.js";
+export { registerSourceAdapter, sourceAdapterFor, sourceSchemes, validateSourceUrl } from "./registry.js";
 export { compileGlobs } from "./fs/globs.js";
+export { rdfAdapter } from "./rdf/adapter.js";
+export { rulesAdapter } from "./rules/adapter.js";
+export { configAdapter } from "./config/adapter.js";
+export { kvAdapter, keyPath, parseKvUrl } from "./kv/adapter.js";
+export {
+  graphPath,
+  parseSparqlUrl,
+  sparqlAdapter,
+  SYSTEM_GRAPH_PREFIXES,
+  type SparqlSource,
+} from "./sparql/adapter.js";
+export {
+  CATALOG_PREFIX,
+  catalogSummaryOf,
+  loadCatalog,
+  type CatalogEntry,
+  type CatalogSummary,
+  type EntryStatus,
+  type SemanticCatalog,
+  type SemanticSourceKind,
+} from "./rdf/catalog.js";
+export {
+  diffSnapshots,
+  type DiffSnapshotsOptions,
+  type FileChange,
+  type GraphChange,
+  type OntologyChange,
+  type SnapshotDiff,
+} from "./rdf/diff.js";
+export type { ShaclDetails } from "./rdf/shacl.js";
+export { pgAdapter, type PgServices } from "./pg/adapter.js";
+export {
+  parsePostgresUrl,
+  redactPostgresUrl,
+  type PgConnection,
+  type PgMode,
+  type PgSourceUrl,
+  type RowCheck,
+} from "./pg/url.js";
+export {
+  DEFAULT_WAL_SEGMENT_SIZE,
+  formatLsn,
+  listWal,
+  listWalSystems,
+  parseLsn,
+  segmentName,
+  systemIdFromPgControl,
+  walFetch,
+  walFileKind,
+  walKey,
+  walPrune,
+  walPush,
+  type WalFileKind,
+  type WalObject,
+  type WalPruneOptions,
+  type WalPruneResult,
+  type WalPushOptions,
+  type WalPushResult,
+  type WalRepository,
+} from "./pg/wal.js";
+export { gatewayRestoreCommand, shellQuote, type RecoveryOutcome, type WalFetchCommand } from "./pg/recovery.js";
+export { drillPostgres, type DrillCheckResult, type PgDrillOptions, type PgDrillResult } from "./pg/drill.js";
+export { isPgSnapshot, pgMetadataOf, type PgSnapshotMetadata, type TableRecord } from "./pg/metadata.js";
+export { LocalCluster, freeLoopbackPort, type ClusterOptions } from "./pg/cluster.js";

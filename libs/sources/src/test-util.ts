@@ -14,10 +14,11 @@ export const PASSWORD = Buffer.from("test passphrase for sources", "utf8");
 /** Runs `fn` with fresh temp directories and a fresh repository; cleans up even on failure. */
 export async function withSandbox(
   fn: (s: { dir: (name: string) => string; repo: Repository; store: MemoryStore }) => Promise<void>,
+  options: { workers?: number } = {},
 ): Promise<void> {
   const base = await mkdtemp(join(tmpdir(), "iotvault-sources-"));
   const store = new MemoryStore();
-  const repo = await Repository.init(store, PASSWORD, { scryptLogN: 10, workers: 1 });
+  const repo = await Repository.init(store, PASSWORD, { scryptLogN: 10, workers: options.workers ?? 1 });
   try {
     await fn({ dir: (name) => join(base, name), repo, store });
   } finally {

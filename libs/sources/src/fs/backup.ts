@@ -3,11 +3,20 @@
  * parent snapshot, files whose size, mtime, ctime and inode are unchanged are not read again
  * (a streaming merge-join of the walk with the parent's tree: no map of the parent in memory).
  */
-import { closeSync, constants, fstatSync, openSync, readSync, type BigIntStats } from "node:fs";
+import { constants, type BigIntStats } from "node:fs";
 import { open, readlink, stat, type FileHandle } from "node:fs/promises";
 import { IotvaultError, toIotvaultError } from "@iotvault/errors";
-import { comparePaths, type BackupWriter, type Repository, type SnapshotManifest, type TreeNode } from "@iotvault/repo";
+import {
+  LOCAL_FILE_MAX_BYTES,
+  comparePaths,
+  type BackupWriter,
+  type LocalFileStat,
+  type Repository,
+  type SnapshotManifest,
+  type TreeNode,
+} from "@iotvault/repo";
 import { compileGlobs, isUnder } from "./globs.js";
+import { InFlight } from "./in-flight.js";
 import { walk, type WalkEntry } from "./walk.js";
 
 export interface FsProgress {
@@ -52,52 +61,15 @@ const READ_BUFFER = 1024 * 1024;
 
 class FileChangedError extends Error {}
 
-/** Files up to this size are read whole, in one go (see readSmallFile). */
-const SMALL_FILE = 1024 * 1024;
-/** Writer calls left pending at most, and bytes of small files they hold. */
-const IN_FLIGHT_CALLS = 64;
-const IN_FLIGHT_BYTES = 32 * 1024 * 1024;
-
-/** Writer calls not yet settled, in call order; the first failure is kept and rethrown. */
-class InFlight {
-  private readonly queue: { done: Promise<void>; bytes: number }[] = [];
-  private bytes = 0;
-  private failure: { error: unknown } | undefined;
-
-  add(call: Promise<unknown>, bytes = 0): void {
-    const done = call.then(
-      () => undefined,
-      (error: unknown) => {
-        this.failure ??= { error };
-      },
-    );
-    this.queue.push({ done, bytes });
-    this.bytes += bytes;
-  }
-
-  /** Waits for the oldest calls until at most `calls` and `bytes` are pending. */
-  async settle(calls: number, bytes: number): Promise<void> {
-    while (this.queue.length > calls || this.bytes > bytes) {
-      const oldest = this.queue.shift()!;
-      this.bytes -= oldest.bytes;
-      await oldest.done;
-    }
-    if (this.failure) throw this.failure.error;
-  }
-
-  drain(): Promise<void> {
-    return this.settle(0, 0);
-  }
-
-  /** After a failure: lets pending calls finish (their results are dropped). */
-  async discard(): Promise<void> {
-    await Promise.all(this.queue.splice(0).map((c) => c.done));
-    this.bytes = 0;
-  }
-}
-
-type SmallFile =
-  { kind: "read"; stat: BigIntStats; data: Buffer } | { kind: "gone"; message: string } | { kind: "changed" };
+/** Progress callbacks come at most this often (one per small file would cost more than the file). */
+export const PROGRESS_INTERVAL_MS = 100;
+/**
+ * Writer calls left pending at most, and the bytes of the small files among them (read and
+ * sealed in worker threads; their results wait for their turn in the tree): enough to keep
+ * every worker busy, few enough to bound memory.
+ */
+const IN_FLIGHT_CALLS = 256;
+const IN_FLIGHT_BYTES = 16 * 1024 * 1024;
 
 type Step =
   | { kind: "dir"; entry: WalkEntry }
@@ -105,61 +77,12 @@ type Step =
   | { kind: "unchanged"; entry: WalkEntry; previous: TreeNode }
   | { kind: "file"; entry: WalkEntry; previous: TreeNode | undefined };
 
-/**
- * Reads a small file whole with synchronous calls; never throws (the result says what
- * happened). Decision: for files up to 1 MiB, open+fstat+read+fstat+close in sync calls cost
- * about a tenth of the CPU of the async API (the walk shares its thread with the pipeline);
- * each call blocks the event loop only for the time of one small read.
- */
-function readSmallFile(abs: string, expectedSize: number): SmallFile {
-  let fd: number;
-  try {
-    fd = openSync(abs, constants.O_RDONLY | constants.O_NOFOLLOW);
-  } catch (err) {
-    return { kind: "gone", message: `skipped, it vanished or cannot be opened: ${(err as Error).message}` };
-  }
-  try {
-    const before = fstatSync(fd, { bigint: true });
-    if (!before.isFile()) return { kind: "gone", message: "skipped: it is no longer a regular file" };
-    const size = Number(before.size);
-    if (size > Math.max(expectedSize, SMALL_FILE)) return { kind: "changed" };
-    const data = Buffer.allocUnsafe(size);
-    let position = 0;
-    while (position < size) {
-      const bytesRead = readSync(fd, data, position, size - position, position);
-      if (bytesRead === 0) break;
-      position += bytesRead;
-    }
-    const after = fstatSync(fd, { bigint: true });
-    if (position !== size || !sameContentStat(before, after)) return { kind: "changed" };
-    return { kind: "read", stat: before, data };
-  } catch (err) {
-    return { kind: "gone", message: `skipped, reading failed: ${(err as Error).message}` };
-  } finally {
-    try {
-      closeSync(fd);
-    } catch {
-      // nothing to do about a failed close of a read-only descriptor
-    }
-  }
-}
-
-/** Reads the file now when the walk saw a small regular file; undefined means "stream it". */
-function smallFileOf(entry: WalkEntry): SmallFile | undefined {
-  const size = Number(entry.stat.size);
-  return size <= SMALL_FILE ? readSmallFile(entry.abs, size) : undefined;
-}
-
 function sameContentStat(a: BigIntStats, b: BigIntStats): boolean {
   return a.size === b.size && a.mtimeNs === b.mtimeNs && a.ctimeNs === b.ctimeNs && a.ino === b.ino;
 }
 
 function readTarget(abs: string): Promise<string | Error> {
   return readlink(abs).catch((err: unknown) => (err instanceof Error ? err : new Error(String(err))));
-}
-
-async function* once(data: Buffer): AsyncGenerator<Uint8Array> {
-  yield data;
 }
 
 /**
@@ -217,6 +140,7 @@ async function checkRoot(root: string): Promise<string> {
 class FsBackup {
   readonly result: BackupDirectoryResult = { files: 0, dirs: 0, symlinks: 0, bytes: 0, unchanged: 0, warnings: 0 };
   readonly inFlight = new InFlight();
+  private lastProgress = -Infinity;
   readonly hooks;
   private readonly include: ((p: string) => boolean) | undefined;
   private readonly exclude: ((p: string) => boolean) | undefined;
@@ -281,10 +205,10 @@ class FsBackup {
         this.addSymlink(step.entry, await readTarget(step.entry.abs));
         break;
       case "unchanged":
-        if (!this.addUnchanged(step.entry, step.previous)) await this.addFile(step.entry, true, undefined);
+        if (!this.addUnchanged(step.entry, step.previous)) await this.addFile(step.entry, true);
         break;
       case "file":
-        await this.addFile(step.entry, step.previous !== undefined, smallFileOf(step.entry));
+        await this.addFile(step.entry, step.previous !== undefined);
         break;
     }
     await this.inFlight.settle(IN_FLIGHT_CALLS, IN_FLIGHT_BYTES);
@@ -326,23 +250,27 @@ class FsBackup {
     return true;
   }
 
-  private async addFile(entry: WalkEntry, existedInParent: boolean, small: SmallFile | undefined): Promise<void> {
-    let attempt = 1;
-    if (small?.kind === "read") {
-      const node = fileNode(entry.path, small.stat);
-      const added = this.writer.addFile(node, once(small.data), { existedInParent });
+  /**
+   * A small file is read, hashed and sealed by the writer in a worker thread (the call is left
+   * pending); a large one is streamed from here, read again while it changes, and awaited.
+   */
+  private async addFile(entry: WalkEntry, existedInParent: boolean): Promise<void> {
+    const size = Number(entry.stat.size);
+    if (size <= LOCAL_FILE_MAX_BYTES) {
+      const outcome = this.writer.addLocalFile(entry.abs, size, {
+        existedInParent,
+        attempts: READ_ATTEMPTS,
+        node: (stat) => localFileNode(entry.path, stat),
+      });
       this.inFlight.add(
-        added.then((n) => this.fileDone(entry.path, n.size ?? 0, false)),
-        small.data.length,
+        outcome.then((o) =>
+          o.added ? this.fileDone(entry.path, o.node.size ?? 0, false) : this.warn(entry.path, o.message),
+        ),
+        size,
       );
       return;
     }
-    if (small?.kind === "gone") {
-      this.warn(entry.path, small.message);
-      return;
-    }
-    if (small?.kind === "changed") attempt++;
-    for (; attempt <= READ_ATTEMPTS; attempt++) {
+    for (let attempt = 1; attempt <= READ_ATTEMPTS; attempt++) {
       const outcome = await this.readFileOnce(entry, existedInParent);
       if (outcome !== "changed") return;
     }
@@ -389,6 +317,9 @@ class FsBackup {
     this.result.files++;
     this.result.bytes += size;
     if (wasUnchanged) this.result.unchanged++;
+    const now = performance.now();
+    if (now - this.lastProgress < PROGRESS_INTERVAL_MS) return;
+    this.lastProgress = now;
     try {
       this.options.onProgress?.({ filesDone: this.result.files, bytesDone: this.result.bytes, currentPath: path });
     } catch {
@@ -451,6 +382,21 @@ function fileNode(path: string, s: BigIntStats): Omit<TreeNode, "chunks" | "sha2
     uid: Number(s.uid),
     gid: Number(s.gid),
     size: Number(s.size),
+    inode: s.ino.toString(),
+    dev: s.dev.toString(),
+    ctimeNs: s.ctimeNs.toString(),
+  };
+}
+
+function localFileNode(path: string, s: LocalFileStat): Omit<TreeNode, "chunks" | "sha256"> {
+  return {
+    path,
+    type: "file",
+    mode: s.mode & 0o7777,
+    mtimeNs: s.mtimeNs.toString(),
+    uid: s.uid,
+    gid: s.gid,
+    size: s.size,
     inode: s.ino.toString(),
     dev: s.dev.toString(),
     ctimeNs: s.ctimeNs.toString(),

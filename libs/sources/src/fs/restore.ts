@@ -5,7 +5,9 @@
  *  - every parent directory is checked with lstat and never followed when it is a symlink;
  *  - files are written to a temporary name (O_CREAT|O_EXCL|O_NOFOLLOW) and renamed into place;
  *  - a symlink whose target resolves outside the target is refused unless allowed, and even
- *    then nothing is ever written through it.
+ *    then nothing is ever written through it. The check is lexical when the link is made, and
+ *    again at the end through the restored tree itself (following the links on the way), so a
+ *    chain of links that each look inside (`x -> .`, `a -> x/x/../..`) cannot point out.
  * Directory modes and times are set after their contents (on leaving them in the walk).
  *
  * Decision: the target side uses synchronous fs calls (as the backup's walk does): on many
@@ -25,18 +27,33 @@ import {
   lutimesSync,
   mkdirSync,
   openSync,
-  readSync,
+  read,
+  readFileSync,
   renameSync,
+  open,
+  close,
+  fchmod,
+  fchown,
+  futimes,
+  rename,
+  unlink,
+  readlinkSync,
   symlinkSync,
   unlinkSync,
-  writeSync,
   type BigIntStats,
 } from "node:fs";
 import { mkdir, realpath } from "node:fs/promises";
 import { dirname, join, resolve, sep } from "node:path";
+import { promisify } from "node:util";
 import { IotvaultError, toIotvaultError } from "@iotvault/errors";
-import { unsafePathReason, type Repository, type SnapshotManifest, type TreeNode } from "@iotvault/repo";
-import { asCancelled, type FsProgress } from "./backup.js";
+import {
+  unsafePathReason,
+  type FileReader,
+  type Repository,
+  type SnapshotManifest,
+  type TreeNode,
+} from "@iotvault/repo";
+import { PROGRESS_INTERVAL_MS, asCancelled, type FsProgress } from "./backup.js";
 import { compileGlobs, isUnder } from "./globs.js";
 
 export interface RestoreDirectoryOptions {
@@ -63,76 +80,27 @@ export interface RestoreDirectoryResult {
 }
 
 const IS_ROOT = typeof process.getuid === "function" && process.getuid() === 0;
-
-/** Files up to this size are read from the repository ahead, whole. */
-const AHEAD_FILE = 1024 * 1024;
-const AHEAD_NODES = 64;
-const AHEAD_BYTES = 32 * 1024 * 1024;
-
-interface Ready {
-  node: TreeNode;
-  content?: Promise<Buffer> | undefined;
-}
-
+const EUID = process.geteuid?.() ?? -1;
+const EGID = process.getegid?.() ?? -1;
 /**
- * Keeps a window of upcoming nodes and starts reading the content of small files among them
- * (only those the include globs select directly). Memory: at most AHEAD_NODES nodes and
- * AHEAD_BYTES of contents.
+ * The process's umask, from /proc (process.umask() without an argument is deprecated, and
+ * setting it to read it back would race with other threads); unknown = every bit masked, so
+ * that each file gets its fchmod.
  */
-class ContentAhead {
-  private readonly queue: (Ready & { bytes: number })[] = [];
-  private bytes = 0;
-  private readonly include: ((p: string) => boolean) | undefined;
-
-  constructor(
-    private readonly repo: Repository,
-    private readonly options: RestoreDirectoryOptions,
-  ) {
-    this.include = options.include?.length ? compileGlobs(options.include, "include") : undefined;
+const UMASK = (() => {
+  try {
+    const m = /^Umask:\s+([0-7]+)$/m.exec(readFileSync("/proc/self/status", "utf8"));
+    return m ? parseInt(m[1]!, 8) : 0o777;
+  } catch {
+    return 0o777;
   }
+})();
 
-  /** Adds a node; returns the nodes that must be handled now to stay within the window. */
-  push(node: TreeNode): Ready[] {
-    const small =
-      node.type === "file" && (node.size ?? Infinity) <= AHEAD_FILE && unsafePathReason(node.path) === undefined;
-    const wanted = small && (!this.include || this.include(node.path));
-    const content = wanted ? readWhole(this.repo, node, this.options.signal) : undefined;
-    const bytes = wanted ? (node.size ?? 0) : 0;
-    this.queue.push({ node, content, bytes });
-    this.bytes += bytes;
-    const out: Ready[] = [];
-    while (this.queue.length > AHEAD_NODES || this.bytes > AHEAD_BYTES) out.push(this.take());
-    return out;
-  }
-
-  drain(): Ready[] {
-    const out: Ready[] = [];
-    while (this.queue.length > 0) out.push(this.take());
-    return out;
-  }
-
-  /** Lets reads still running finish (their failures are dropped: the restore already failed). */
-  async discard(): Promise<void> {
-    await Promise.allSettled(this.queue.splice(0).flatMap((r) => (r.content ? [r.content] : [])));
-    this.bytes = 0;
-  }
-
-  private take(): Ready {
-    const next = this.queue.shift()!;
-    this.bytes -= next.bytes;
-    return { node: next.node, content: next.content };
-  }
-}
-
-function readWhole(repo: Repository, node: TreeNode, signal: AbortSignal | undefined): Promise<Buffer> {
-  const read = (async () => {
-    const parts: Buffer[] = [];
-    for await (const part of repo.readFile(node, signal)) parts.push(part);
-    return parts.length === 1 ? parts[0]! : Buffer.concat(parts);
-  })();
-  read.catch(() => undefined); // awaited in order later; never an unhandled rejection meanwhile
-  return read;
-}
+/** Files being written at once (each holds a descriptor), and the bytes they hold at most. */
+const FILES_IN_FLIGHT = 512;
+const BYTES_IN_FLIGHT = 64 * 1024 * 1024;
+/** Plain bytes fetched from the repository ahead of the writes. */
+const AHEAD_BYTES = 64 * 1024 * 1024;
 
 /**
  * Restores `snapshot` into `options.target`.
@@ -150,17 +118,17 @@ export async function restoreToDirectory(
   const target = resolve(options.target);
   try {
     await mkdir(target, { recursive: true });
-    const run = new FsRestore(repo, await realpath(target), options);
-    const ahead = new ContentAhead(repo, options);
+    const reader = repo.readFiles({ signal: options.signal, aheadBytes: AHEAD_BYTES });
+    const run = new FsRestore(reader, await realpath(target), options);
     try {
-      for await (const node of repo.readTree(snapshot, options.signal)) {
-        for (const ready of ahead.push(node)) await run.visit(ready.node, ready.content);
-      }
-      for (const ready of ahead.drain()) await run.visit(ready.node, ready.content);
-    } finally {
-      await ahead.discard();
+      for await (const node of repo.readTree(snapshot, options.signal)) await run.visit(node);
+      await run.finish();
+    } catch (err) {
+      reader.close();
+      await run.abandon();
+      throw err;
     }
-    run.finish();
+    reader.close();
     return run.result;
   } catch (err) {
     throw asCancelled(err) ?? toIotvaultError(err, `restoring into ${target}`);
@@ -193,9 +161,26 @@ class FsRestore {
   private readonly includedDirs: string[] = [];
   /** Root-relative directories known to be real directories in the target (checked or created). */
   private readonly realDirs = new Set<string>([""]);
+  /** Directories this restore created (empty then): a file in one needs no check for an existing one. */
+  private readonly createdDirs = new Set<string>();
+  /** Temporary names: a random prefix per restore and a counter (O_EXCL catches any clash). */
+  private readonly tempPrefix = `.iotvault-restore-${randomBytes(6).toString("hex")}-`;
+  private tempCount = 0;
+  /** Files being written, and those of each directory (its mode and times are set after them). */
+  private readonly writing = new Set<Promise<void>>();
+  private bytesWriting = 0;
+  /** Woken when a file in flight is done (the walk waits for room). */
+  private roomWaiter: (() => void) | undefined;
+  private readonly writingIn = new Map<string, Set<Promise<void>>>();
+  /** Directories left in the walk whose metadata waits for their files. */
+  private readonly finalizing = new Set<Promise<void>>();
+  private failure: { error: unknown } | undefined;
+  private lastProgress = -Infinity;
+  /** Symlinks this restore made (root-relative), checked again through the final tree. */
+  private readonly linksMade: string[] = [];
 
   constructor(
-    private readonly repo: Repository,
+    private readonly reader: FileReader,
     private readonly base: string,
     private readonly options: RestoreDirectoryOptions,
   ) {
@@ -203,9 +188,10 @@ class FsRestore {
     this.result = { files: 0, dirs: 0, symlinks: 0, bytes: 0, verified: options.verify === true };
   }
 
-  /** Restores one node; `content` is the file's content when it was read ahead. */
-  async visit(node: TreeNode, content?: Promise<Buffer>): Promise<void> {
+  /** Restores one node (a file's content is written in the background, see restoreFile). */
+  async visit(node: TreeNode): Promise<void> {
     this.options.signal?.throwIfAborted();
+    if (this.failure) throw this.failure.error;
     const unsafe = unsafePathReason(node.path);
     if (unsafe)
       throw refuse("INVALID_ARGUMENT", node.path, unsafe, "the snapshot is damaged or was made by a hostile writer");
@@ -214,11 +200,42 @@ class FsRestore {
     for (const dir of this.pendingDirs.splice(0)) this.restoreDir(dir);
     if (node.type === "dir") this.restoreDir(node);
     else if (node.type === "symlink") this.restoreSymlink(node);
-    else await this.restoreFile(node, content);
+    else await this.restoreFile(node);
   }
 
-  finish(): void {
-    while (this.openDirs.length > 0) this.finalizeDir(this.openDirs.pop()!);
+  /** Waits for the files being written, then sets the metadata of the directories still open. */
+  async finish(): Promise<void> {
+    while (this.openDirs.length > 0) this.leaveDir(this.openDirs.pop()!);
+    while (this.writing.size > 0 || this.finalizing.size > 0) {
+      await Promise.allSettled([...this.writing, ...this.finalizing]);
+    }
+    if (this.failure) throw this.failure.error;
+    if (!this.options.allowExternalSymlinks) this.checkLinksInside();
+  }
+
+  /**
+   * Resolves every symlink this restore made through the restored tree (links followed as the
+   * kernel would) and removes, then refuses, any that ends outside the restore directory.
+   */
+  private checkLinksInside(): void {
+    const escaping = this.linksMade.filter((rel) => !resolvesInside(this.base, this.abs(rel)));
+    if (escaping.length === 0) return;
+    for (const rel of escaping) ignoreError(() => unlinkSync(this.abs(rel)));
+    this.result.symlinks -= escaping.length;
+    const more = escaping.length > 1 ? ` (and ${escaping.length - 1} more)` : "";
+    throw refuse(
+      "PERMISSION_DENIED",
+      escaping[0]!,
+      `through other symlinks in the restored tree it points outside the restore directory${more}; removed`,
+      "pass allowExternalSymlinks to restore it anyway (nothing is written through it)",
+    );
+  }
+
+  /** After a failure: lets the writes in flight end (each removes its temporary file). */
+  async abandon(): Promise<void> {
+    while (this.writing.size > 0 || this.finalizing.size > 0) {
+      await Promise.allSettled([...this.writing, ...this.finalizing]);
+    }
   }
 
   private included(node: TreeNode): boolean {
@@ -239,8 +256,32 @@ class FsRestore {
 
   private leaveDirsNotAbove(path: string): void {
     while (this.openDirs.length > 0 && !isUnder(this.openDirs[this.openDirs.length - 1]!.node.path, path)) {
-      this.finalizeDir(this.openDirs.pop()!);
+      this.leaveDir(this.openDirs.pop()!);
     }
+  }
+
+  /** A directory's metadata is set once the files written into it are in place. */
+  private leaveDir(dir: { node: TreeNode; abs: string }): void {
+    const files = this.writingIn.get(dir.node.path);
+    this.writingIn.delete(dir.node.path);
+    if (!files || files.size === 0) {
+      this.finalizeDir(dir);
+      return;
+    }
+    const task = Promise.allSettled([...files]).then(() => {
+      if (!this.failure) this.finalizeDir(dir);
+    });
+    void this.track(task, this.finalizing);
+  }
+
+  /** Keeps `task` in `set` until it settles; its failure becomes the restore's failure. */
+  private track(task: Promise<void>, set: Set<Promise<void>>): Promise<void> {
+    const settled = task.catch((error: unknown) => {
+      this.failure ??= { error };
+    });
+    set.add(settled);
+    void settled.finally(() => set.delete(settled));
+    return settled;
   }
 
   private abs(path: string): string {
@@ -257,6 +298,7 @@ class FsRestore {
       const info = lstatOrUndefined(this.abs(rel));
       if (!info) {
         mkdirSync(this.abs(rel), { mode: 0o755 });
+        this.createdDirs.add(rel);
       } else if (info.isSymbolicLink()) {
         throw refuse(
           "PERMISSION_DENIED",
@@ -281,7 +323,10 @@ class FsRestore {
       if (!this.options.overwrite) throw this.exists(node.path);
       unlinkSync(abs);
     }
-    if (!info?.isDirectory()) mkdirSync(abs, { mode: 0o700 });
+    if (!info?.isDirectory()) {
+      mkdirSync(abs, { mode: 0o700 });
+      this.createdDirs.add(node.path);
+    }
     this.realDirs.add(node.path);
     this.openDirs.push({ node, abs });
     this.result.dirs++;
@@ -325,32 +370,73 @@ class FsRestore {
       throw err;
     }
     this.realDirs.delete(node.path);
+    this.linksMade.push(node.path);
     this.result.symlinks++;
   }
 
-  private async restoreFile(node: TreeNode, content: Promise<Buffer> | undefined): Promise<void> {
+  /**
+   * Checks the file's place now (in walk order), then creates it under a temporary name, has the
+   * repository's reader write its content (worker threads, positioned writes; every chunk
+   * checked), sets its metadata and renames it into place, all in the background with
+   * asynchronous calls: the thread stays free for the transfers from the repository while the
+   * file system works. Up to FILES_IN_FLIGHT files at once, so that the reader sees far enough
+   * ahead to fetch in large requests.
+   */
+  private async restoreFile(node: TreeNode): Promise<void> {
     this.ensureParents(node.path);
     const abs = this.abs(node.path);
-    this.checkReplaceable(node.path, abs);
-    // Read ahead, or read now and stream (large files); every chunk is checked by the repository.
-    const source: AsyncIterable<Buffer> = content ? once(await content) : this.repo.readFile(node, this.options.signal);
-    const tmp = join(dirname(abs), tempName());
-    const fd = openSync(tmp, constants.O_RDWR | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+    const dir = node.path.includes("/") ? node.path.slice(0, node.path.lastIndexOf("/")) : "";
+    // A directory this restore created held nothing else: no existing file to check for.
+    if (!this.createdDirs.has(dir)) this.checkReplaceable(node.path, abs);
+    const tmp = join(dirname(abs), `${this.tempPrefix}${this.tempCount++}.tmp`);
+    const bytes = node.size ?? 0;
+    this.bytesWriting += bytes;
+    const task = this.track(this.writeFile(node, tmp, abs, this.createdDirs.has(dir)), this.writing);
+    let files = this.writingIn.get(dir);
+    if (!files) this.writingIn.set(dir, (files = new Set()));
+    files.add(task);
+    void task.finally(() => {
+      files.delete(task);
+      this.bytesWriting -= bytes;
+      this.roomWaiter?.();
+    });
+    // (Not Promise.race over the set: with hundreds of files in flight that costs more than the files.)
+    while (this.writing.size >= FILES_IN_FLIGHT || (this.bytesWriting > BYTES_IN_FLIGHT && this.writing.size > 1)) {
+      await new Promise<void>((resolve) => (this.roomWaiter = resolve));
+      this.roomWaiter = undefined;
+    }
+    if (this.failure) throw this.failure.error;
+  }
+
+  private async writeFile(node: TreeNode, tmp: string, abs: string, inCreatedDir: boolean): Promise<void> {
+    // The final mode at creation when the umask keeps it whole (no fchmod then); else 0600 and fchmod.
+    const modeAtCreation = (node.mode & 0o7000) === 0 && (node.mode & UMASK) === 0;
+    const fd = await fsAsync.open(
+      tmp,
+      constants.O_RDWR | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW,
+      modeAtCreation ? node.mode : 0o600,
+    );
     let closed = false;
     try {
-      const size = await writeContent(fd, source);
-      if (this.options.verify) verifyWritten(fd, node, size);
-      applyMetadata(fd, node);
-      closeSync(fd);
+      const size = await this.reader.write(node, fd);
+      if (this.options.verify) await verifyWritten(fd, node, size);
+      // A new file is owned by this process; in a directory this restore made (no setgid
+      // parent) no chown is needed when that is the owner recorded.
+      const owned = inCreatedDir && node.uid === EUID && node.gid === EGID;
+      if (IS_ROOT && !owned) await fsAsync.fchown(fd, node.uid, node.gid).catch(() => undefined);
+      if (!modeAtCreation || (IS_ROOT && !owned)) await fsAsync.fchmod(fd, node.mode);
+      const t = seconds(node.mtimeNs);
+      await fsAsync.futimes(fd, t, t);
+      await fsAsync.close(fd);
       closed = true;
-      renameSync(tmp, abs);
+      await fsAsync.rename(tmp, abs);
       this.realDirs.delete(node.path);
       this.result.files++;
       this.result.bytes += size;
       this.progress(node.path);
     } catch (err) {
-      if (!closed) ignoreError(() => closeSync(fd));
-      ignoreError(() => unlinkSync(tmp));
+      if (!closed) await fsAsync.close(fd).catch(() => undefined);
+      await fsAsync.unlink(tmp).catch(() => undefined);
       throw err;
     }
   }
@@ -373,6 +459,9 @@ class FsRestore {
   }
 
   private progress(path: string): void {
+    const now = performance.now();
+    if (now - this.lastProgress < PROGRESS_INTERVAL_MS) return;
+    this.lastProgress = now;
     try {
       this.options.onProgress?.({ filesDone: this.result.files, bytesDone: this.result.bytes, currentPath: path });
     } catch {
@@ -383,6 +472,44 @@ class FsRestore {
 
 function tempName(): string {
   return `.iotvault-restore-${randomBytes(8).toString("hex")}.tmp`;
+}
+
+/** At most this many links are followed in one resolution (as Linux's MAXSYMLINKS). */
+const MAX_LINK_HOPS = 40;
+
+/**
+ * Whether the symlink at `linkAbs` (inside `base`, a real path) resolves inside `base`, following
+ * the links on the way as path resolution would. Missing components are taken lexically (a
+ * dangling link is judged by where it would point); a loop or too many hops counts as outside.
+ */
+function resolvesInside(base: string, linkAbs: string): boolean {
+  const first = readlinkSync(linkAbs);
+  const parts = first.startsWith(sep)
+    ? []
+    : dirname(linkAbs)
+        .split(sep)
+        .filter((s) => s !== "");
+  let pending = first.split(sep);
+  let hops = 1;
+  while (pending.length > 0) {
+    const seg = pending.shift()!;
+    if (seg === "" || seg === ".") continue;
+    if (seg === "..") {
+      parts.pop();
+      continue;
+    }
+    parts.push(seg);
+    const here = sep + parts.join(sep);
+    const info = lstatOrUndefined(here);
+    if (!info?.isSymbolicLink()) continue;
+    if (++hops > MAX_LINK_HOPS) return false;
+    const text = readlinkSync(here);
+    parts.pop();
+    if (text.startsWith(sep)) parts.length = 0;
+    pending = [...text.split(sep), ...pending];
+  }
+  const end = sep + parts.join(sep);
+  return end === base || end.startsWith(base + sep);
 }
 
 function lstatOrUndefined(abs: string): BigIntStats | undefined {
@@ -402,26 +529,25 @@ function ignoreError(fn: () => void): void {
   }
 }
 
-async function* once(data: Buffer): AsyncGenerator<Buffer> {
-  yield data;
-}
+/** The descriptor-level calls of node:fs as promises (node:fs/promises has FileHandles only). */
+const fsAsync = {
+  open: promisify(open),
+  close: promisify(close),
+  fchmod: promisify(fchmod),
+  fchown: promisify(fchown),
+  futimes: promisify(futimes),
+  rename: promisify(rename),
+  unlink: promisify(unlink),
+};
+const readAt = promisify(read);
 
-async function writeContent(fd: number, content: AsyncIterable<Buffer>): Promise<number> {
-  let position = 0;
-  for await (const chunk of content) {
-    let done = 0;
-    while (done < chunk.length) done += writeSync(fd, chunk, done, chunk.length - done, position + done);
-    position += chunk.length;
-  }
-  return position;
-}
-
-function verifyWritten(fd: number, node: TreeNode, size: number): void {
+/** Writes the content with asynchronous writes (the thread pool), so that several files overlap. */
+async function verifyWritten(fd: number, node: TreeNode, size: number): Promise<void> {
   const hash = createHash("sha256");
   const buffer = Buffer.allocUnsafe(Math.min(1024 * 1024, Math.max(1, size)));
   let position = 0;
   for (;;) {
-    const bytesRead = readSync(fd, buffer, 0, buffer.length, position);
+    const { bytesRead } = await readAt(fd, buffer, 0, buffer.length, position);
     if (bytesRead === 0) break;
     hash.update(buffer.subarray(0, bytesRead));
     position += bytesRead;

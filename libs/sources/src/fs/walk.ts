@@ -4,6 +4,11 @@
  * followed. Entries are lstat-ed with synchronous calls (on many small entries they cost a
  * fraction of the async ones; see readSmallFile in backup.ts); memory is bounded by the depth
  * times the width of the directories on the current path.
+ *
+ * Decision: repository format v1 stores paths as UTF-8 text. A name that is not valid UTF-8
+ * (possible on Linux, where names are bytes) cannot be stored faithfully, so the entry is
+ * skipped with a warning that names it (bytes escaped as \xNN) instead of being stored under a
+ * mangled name that would restore as a different file.
  */
 import { readdir } from "node:fs/promises";
 import { lstatSync, type BigIntStats } from "node:fs";
@@ -38,12 +43,25 @@ export function byNameBytes(a: string, b: string): number {
 }
 
 async function listDir(abs: string, rel: string, hooks: WalkHooks): Promise<WalkEntry[]> {
-  let names: string[];
+  let raw: Buffer[];
   try {
-    names = await readdir(abs);
+    raw = await readdir(abs, { encoding: "buffer" });
   } catch (err) {
     hooks.warn(rel || ".", `cannot list the directory: ${(err as Error).message}`);
     return [];
+  }
+  const names: string[] = [];
+  for (const bytes of raw) {
+    const name = bytes.toString("utf8");
+    if (Buffer.byteLength(name, "utf8") === bytes.length && Buffer.from(name, "utf8").equals(bytes)) {
+      names.push(name);
+    } else {
+      const shown = escapeName(bytes);
+      hooks.warn(
+        rel === "" ? shown : `${rel}/${shown}`,
+        "skipped: its name is not valid UTF-8 (iotvault stores UTF-8 paths); rename it to back it up",
+      );
+    }
   }
   names.sort(byNameBytes);
   const entries: WalkEntry[] = [];
@@ -58,6 +76,14 @@ async function listDir(abs: string, rel: string, hooks: WalkHooks): Promise<Walk
     }
   }
   return entries;
+}
+
+/** A name with invalid UTF-8: printable ASCII kept, every other byte as \xNN. */
+function escapeName(bytes: Buffer): string {
+  let out = "";
+  for (const b of bytes)
+    out += b >= 0x20 && b < 0x7f && b !== 0x5c ? String.fromCharCode(b) : `\\x${b.toString(16).padStart(2, "0")}`;
+  return out;
 }
 
 /** Yields every accepted entry under root (not root itself) in depth-first sorted order. */
