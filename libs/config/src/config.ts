@@ -71,8 +71,27 @@ const schema = z
       .object({
         /** Repositories defined in the file (more are added with `iotvault repo init`). */
         repositories: z
-          .record(z.string().regex(NAME, "repository names are lower-case"), z.object({ url: z.string() }).strict())
+          .record(
+            z.string().regex(NAME, "repository names are lower-case"),
+            z
+              .object({
+                url: z.string(),
+                /**
+                 * More targets holding a full copy (file://, s3://, sftp://): every write goes to
+                 * all of them; the storage-gateway copies what a target missed while it was down.
+                 */
+                replicas: z.array(z.string().min(1)).default([]),
+                /** NAME=value lines with this repository's storage credentials (gateway only). */
+                credentialsFile: z.string().optional(),
+              })
+              .strict(),
+          )
           .default({}),
+        /**
+         * Directories under which `iotvault repo init` may create file:// repositories (the
+         * gateway refuses any other path). Default: IOTVAULT_HOME and /var/lib/iotvault.
+         */
+        allowedRoots: z.array(z.string().refine((p) => p.startsWith("/"), "expected an absolute path")).optional(),
       })
       .strict()
       .prefault({}),
@@ -154,8 +173,10 @@ export interface IotvaultConfig extends WithDefaults {
   addressOf(service: ServiceName): string;
 }
 
-/** Environment variables that override a configuration field (documented in the README). */
-export const ENV_OVERRIDES: Readonly<Record<string, { path: readonly string[]; type: "string" | "number" }>> = {
+/** Environment variables that override a configuration field (docs/configuration.md lists them). */
+export const ENV_OVERRIDES: Readonly<
+  Record<string, { path: readonly string[]; type: "string" | "number" | "path-list" }>
+> = {
   IOTVAULT_SITE: { path: ["site"], type: "string" },
   IOTVAULT_NATS_URL: { path: ["nats", "url"], type: "string" },
   IOTVAULT_NATS_CREDS: { path: ["nats", "credsFile"], type: "string" },
@@ -168,6 +189,7 @@ export const ENV_OVERRIDES: Readonly<Record<string, { path: readonly string[]; t
   IOTVAULT_RESTORE_LISTEN: { path: ["services", "restore", "listen"], type: "string" },
   IOTVAULT_STORAGE_GATEWAY_ADDRESS: { path: ["services", "storageGateway", "address"], type: "string" },
   IOTVAULT_SCRYPT_LOGN: { path: ["repository", "scryptLogN"], type: "number" },
+  IOTVAULT_STORAGE_ROOTS: { path: ["storage", "allowedRoots"], type: "path-list" },
   IOTVAULT_WORKERS: { path: ["repository", "workers"], type: "number" },
   IOTVAULT_ACK_WAIT_MS: { path: ["bus", "ackWaitMs"], type: "number" },
   IOTVAULT_MAX_DELIVER: { path: ["bus", "maxDeliver"], type: "number" },
@@ -226,6 +248,7 @@ export function parseConfig(raw: unknown, opts: { env?: Env; file?: string | und
     const value = env[name];
     if (value === undefined || value === "") continue;
     let parsed: unknown = value;
+    if (type === "path-list") parsed = value.split(":").filter(Boolean);
     if (type === "number") {
       parsed = Number(value);
       if (!Number.isFinite(parsed)) {
@@ -262,6 +285,14 @@ export function parseConfig(raw: unknown, opts: { env?: Env; file?: string | und
       ...data.repository,
       ...(data.repository.passwordFile ? { passwordFile: abs(data.repository.passwordFile) } : {}),
       ...(data.repository.keyFile ? { keyFile: abs(data.repository.keyFile) } : {}),
+    },
+    storage: {
+      ...data.storage,
+      allowedRoots: (data.storage.allowedRoots ?? [home, "/var/lib/iotvault"]).map((p) => resolve(p)),
+    },
+    database: {
+      ...data.database,
+      ...(data.database.passwordFile ? { passwordFile: abs(data.database.passwordFile) } : {}),
     },
     home,
     configFile: opts.file,

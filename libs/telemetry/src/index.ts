@@ -23,6 +23,7 @@
  * console.log(renderTraceTree(await readSpans("/var/lib/iotvault/spans", traceId)));
  * ```
  */
+export { exitOnStartupError } from "./startup.js";
 export { startTelemetry, otlpTracesUrl, type Telemetry, type TelemetryOptions } from "./telemetry.js";
 export {
   withSpan,

@@ -124,6 +124,57 @@ export const MIGRATIONS: readonly Migration[] = [
       );
     `,
   },
+  {
+    version: 3,
+    name: "degraded runs (a target of the repository was down)",
+    sql: `
+      ALTER TABLE runs ADD COLUMN degraded boolean NOT NULL DEFAULT false;
+      ALTER TABLE runs ADD COLUMN missing_targets text[] NOT NULL DEFAULT '{}';
+    `,
+  },
+  {
+    version: 4,
+    name: "restore drills and archived PostgreSQL WAL segments",
+    sql: `
+      CREATE TABLE drills (
+        drill_id      text PRIMARY KEY,
+        repository    text NOT NULL DEFAULT '',
+        job_id        text NOT NULL DEFAULT '',
+        job_name      text NOT NULL DEFAULT '',
+        snapshot_id   text NOT NULL DEFAULT '',
+        kind          text NOT NULL DEFAULT '',
+        ok            boolean NOT NULL,
+        checks        jsonb,
+        error         jsonb,
+        requested_by  text NOT NULL DEFAULT '',
+        duration_ms   bigint NOT NULL DEFAULT 0,
+        trace_id      text,
+        started_at    timestamptz,
+        finished_at   timestamptz
+      );
+      CREATE INDEX drills_job_idx ON drills (job_id, finished_at DESC);
+
+      CREATE TABLE wal_segments (
+        repository    text NOT NULL,
+        system_id     text NOT NULL,
+        timeline      integer NOT NULL,
+        segment       text NOT NULL,
+        size          bigint NOT NULL DEFAULT 0,
+        archived_at   timestamptz,
+        PRIMARY KEY (repository, system_id, segment)
+      );
+      CREATE INDEX wal_segments_archived_idx ON wal_segments (repository, system_id, archived_at DESC);
+    `,
+  },
+  {
+    version: 5,
+    name: "consistency groups: the members of a run",
+    sql: `
+      ALTER TABLE snapshots ADD COLUMN group_id text;
+      ALTER TABLE snapshots ADD COLUMN group_restore_options jsonb NOT NULL DEFAULT '{}';
+      CREATE INDEX snapshots_group_idx ON snapshots (group_id) WHERE group_id IS NOT NULL;
+    `,
+  },
 ];
 
 const LOCK_KEY = 0x10700a17; // advisory lock id for catalog migrations

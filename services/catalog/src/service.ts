@@ -13,7 +13,12 @@ export function catalogService(store: CatalogStore): CatalogServiceServer {
     })),
     getRun: unary(async (req) => ({ run: await store.getRun(req.runId) })),
     listSnapshots: unary(async (req) => ({
-      snapshots: await store.listSnapshots({ job: req.job, repository: req.repository, limit: req.limit }),
+      snapshots: await store.listSnapshots({
+        job: req.job,
+        repository: req.repository,
+        limit: req.limit,
+        groupId: req.groupId,
+      }),
     })),
     getSnapshot: unary(async (req) => ({ snapshot: await store.getSnapshot(req.snapshotId) })),
     rebuildRepository: clientStream<

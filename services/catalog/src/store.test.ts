@@ -58,6 +58,9 @@ const completed = (runId: string, snapshotId: string) => ({
   traceId: "0af7651916cd43dd8448eb211c80319c",
   snapshotTime: new Date("2026-01-01T00:00:01Z"),
   hostname: "gw-01",
+  degraded: false,
+  missingTargets: [] as string[],
+  groupMembers: [] as { snapshotId: string; source: string; restoreOptions: Record<string, string> }[],
 });
 
 describe("catalog store (real PostgreSQL)", () => {
@@ -258,7 +261,7 @@ describe("catalog store (real PostgreSQL)", () => {
       updatedAt: new Date(),
     };
     assert.equal(await store.applyEvent("iotvault.v1.JobCreated", { job }, meta("job:job-9:created")), true);
-    assert.equal(await store.applyEvent("iotvault.v1.WalArchived", {}, meta("wal-1")), false);
+    assert.equal(await store.applyEvent("iotvault.v1.RestoreProgress", {}, meta("restore-progress-1")), false);
     const { rows } = await store.pool.query<{ name: string }>("SELECT name FROM jobs WHERE job_id = 'job-9'");
     assert.equal(rows[0]?.name, "plc");
   });
@@ -420,6 +423,8 @@ describe("catalog store: retention and rebuild", () => {
           stats,
           held: false,
           holdReason: "",
+          groupId: "",
+          groupRestoreOptions: {},
         };
       }
     }
@@ -428,5 +433,25 @@ describe("catalog store: retention and rebuild", () => {
     const live = await store.listSnapshots({ repository: "main" });
     assert.deepEqual(live.map((s) => s.snapshotId).sort(), [id(3), id(9)]);
     assert.equal((await store.getRun("run-r9")).status, RunStatus.RUN_STATUS_SUCCEEDED);
+  });
+});
+
+describe("catalog store: degraded runs", () => {
+  it("records that a run completed while a target was down", async () => {
+    const db = await createTestDatabase({ prefix: "catalog_degraded" });
+    const store = await CatalogStore.open(db.url);
+    try {
+      await store.applyEvent(
+        "iotvault.v1.BackupCompleted",
+        { ...completed("run-deg", "dd".repeat(32)), degraded: true, missingTargets: ["s3://b?endpoint=x:1"] },
+        { eventId: "run-deg:completed", subject: "s", streamSequence: 1 },
+      );
+      const run = await store.getRun("run-deg");
+      assert.equal(run.degraded, true);
+      assert.equal(run.status, RunStatus.RUN_STATUS_SUCCEEDED);
+    } finally {
+      await store.close();
+      await db.drop();
+    }
   });
 });

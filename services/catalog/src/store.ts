@@ -23,6 +23,9 @@ import {
   type SnapshotsForgotten,
   VerifyCompleted,
   type VerifyFailed,
+  DrillCheck,
+  type DrillCompleted,
+  type WalArchived,
   backupTypeToJSON,
   backupTypeFromJSON,
   runStatusFromJSON,
@@ -139,7 +142,12 @@ export class CatalogStore {
     return toRun(row);
   }
 
-  async listSnapshots(filter: { job?: string; repository?: string; limit?: number }): Promise<Snapshot[]> {
+  async listSnapshots(filter: {
+    job?: string;
+    repository?: string;
+    limit?: number;
+    groupId?: string;
+  }): Promise<Snapshot[]> {
     const where: string[] = ["forgotten_at IS NULL"];
     const args: unknown[] = [];
     if (filter.job) {
@@ -149,6 +157,10 @@ export class CatalogStore {
     if (filter.repository) {
       args.push(filter.repository);
       where.push(`repository = $${args.length}`);
+    }
+    if (filter.groupId) {
+      args.push(filter.groupId);
+      where.push(`group_id = $${args.length}`);
     }
     args.push(Math.min(filter.limit || 100, 10_000));
     const { rows } = await this.pool.query<SnapshotRow>(
@@ -207,6 +219,13 @@ export class CatalogStore {
             s.holdReason,
           ],
         );
+        if (s.groupId) {
+          await client.query("UPDATE snapshots SET group_id = $2, group_restore_options = $3 WHERE snapshot_id = $1", [
+            s.snapshotId,
+            s.groupId,
+            json(s.groupRestoreOptions),
+          ]);
+        }
         if (r.rows[0]?.inserted) {
           added++;
           if (s.runId) {
@@ -320,12 +339,13 @@ const APPLIERS: Record<string, Applier> = {
     const stats = json(e.stats ? BackupStats.toJSON(e.stats) : undefined);
     await c.query(
       `INSERT INTO runs (run_id, job_id, job_name, status, backup_type, repository, source, site, snapshot_id,
-                         stats, trace_id, executor, started_at, finished_at, attempts)
-       VALUES ($1,$2,$3,'RUN_STATUS_SUCCEEDED',$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,1)
+                         stats, trace_id, executor, started_at, finished_at, attempts, degraded, missing_targets)
+       VALUES ($1,$2,$3,'RUN_STATUS_SUCCEEDED',$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,1,$16,$17)
        ON CONFLICT (run_id) DO UPDATE SET status = 'RUN_STATUS_SUCCEEDED', snapshot_id = EXCLUDED.snapshot_id,
          stats = EXCLUDED.stats, error = NULL, finished_at = EXCLUDED.finished_at, executor = EXCLUDED.executor,
          trace_id = COALESCE(runs.trace_id, EXCLUDED.trace_id), updated_at = now(),
-         bytes_done = GREATEST(runs.bytes_done, $14), files_done = GREATEST(runs.files_done, $15)`,
+         bytes_done = GREATEST(runs.bytes_done, $14), files_done = GREATEST(runs.files_done, $15),
+         degraded = $16, missing_targets = $17`,
       [
         e.runId,
         e.jobId,
@@ -342,6 +362,8 @@ const APPLIERS: Record<string, Applier> = {
         e.finishedAt ?? null,
         (e.stats?.totalBytes ?? 0n).toString(),
         ((e.stats?.filesNew ?? 0n) + (e.stats?.filesChanged ?? 0n) + (e.stats?.filesUnchanged ?? 0n)).toString(),
+        e.degraded,
+        e.missingTargets,
       ],
     );
     await c.query(
@@ -363,6 +385,29 @@ const APPLIERS: Record<string, Applier> = {
         stats,
       ],
     );
+    // A consistency group: one snapshot per member, all with the run id as group id.
+    for (const m of e.groupMembers) {
+      await c.query(
+        `INSERT INTO snapshots (snapshot_id, repository, job_id, job_name, run_id, backup_type, source,
+                                hostname, time, group_id, group_restore_options)
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)
+         ON CONFLICT (snapshot_id) DO UPDATE SET group_id = EXCLUDED.group_id,
+           group_restore_options = EXCLUDED.group_restore_options`,
+        [
+          m.snapshotId,
+          e.repository,
+          e.jobId,
+          e.jobName,
+          e.runId,
+          backupTypeToJSON(e.backupType),
+          m.source,
+          e.hostname,
+          e.snapshotTime ?? e.finishedAt ?? new Date(),
+          e.runId,
+          json(m.restoreOptions),
+        ],
+      );
+    }
   },
   "iotvault.v1.BackupFailed": async (c, p) => {
     const e = p as BackupFailed;
@@ -495,6 +540,38 @@ const APPLIERS: Record<string, Applier> = {
       ],
     );
   },
+  "iotvault.v1.DrillCompleted": async (c, p) => {
+    const e = p as DrillCompleted;
+    await c.query(
+      `INSERT INTO drills (drill_id, repository, job_id, job_name, snapshot_id, kind, ok, checks, error, requested_by,
+                           duration_ms, trace_id, started_at, finished_at)
+       VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14) ON CONFLICT (drill_id) DO NOTHING`,
+      [
+        e.drillId,
+        e.repository,
+        e.jobId,
+        e.jobName,
+        e.snapshotId,
+        e.kind,
+        e.ok,
+        json(e.checks.map((x) => DrillCheck.toJSON(x))),
+        json(e.error ? ErrorInfo.toJSON(e.error) : undefined),
+        e.requestedBy,
+        e.durationMs.toString(),
+        e.traceId || null,
+        e.startedAt ?? null,
+        e.finishedAt ?? null,
+      ],
+    );
+  },
+  "iotvault.v1.WalArchived": async (c, p) => {
+    const e = p as WalArchived;
+    await c.query(
+      `INSERT INTO wal_segments (repository, system_id, timeline, segment, size, archived_at)
+       VALUES ($1,$2,$3,$4,$5,$6) ON CONFLICT (repository, system_id, segment) DO NOTHING`,
+      [e.repository, e.systemId, e.timeline, e.segment, e.size.toString(), e.archivedAt ?? null],
+    );
+  },
   "iotvault.v1.VerifyFailed": async (c, p) => {
     const e = p as VerifyFailed;
     await c.query(
@@ -543,9 +620,12 @@ interface RunRow {
   finished_at: Date | null;
   bytes_done: string;
   files_done: string;
+  degraded: boolean;
 }
 
 interface SnapshotRow {
+  group_id: string | null;
+  group_restore_options: Record<string, string> | null;
   held: boolean;
   hold_reason: string;
   snapshot_id: string;
@@ -582,6 +662,7 @@ function toRun(r: RunRow): Run {
     finishedAt: r.finished_at ?? undefined,
     bytesDone: BigInt(r.bytes_done),
     filesDone: BigInt(r.files_done),
+    degraded: r.degraded,
   };
 }
 
@@ -600,6 +681,8 @@ function toSnapshot(r: SnapshotRow): Snapshot {
     stats: r.stats ? BackupStats.fromJSON(r.stats) : undefined,
     held: r.held,
     holdReason: r.hold_reason,
+    groupId: r.group_id ?? "",
+    groupRestoreOptions: r.group_restore_options ?? {},
   };
 }
 

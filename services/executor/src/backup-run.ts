@@ -17,18 +17,21 @@ import {
   BackupStarted,
   BackupType,
   SUBJECTS,
+  SnapshotsForgotten,
   type BackupRequested,
   type BackupStats,
 } from "@iotvault/proto";
 import {
   Repository,
+  policyFromJobRetention,
+  type BackupWriter,
   type RepositorySecret,
   type BackupStatsInfo,
   type BackupTypeName,
   type SnapshotManifest,
 } from "@iotvault/repo";
 import type { ObjectStore } from "@iotvault/storage";
-import { backupDirectory, parseSourceUrl } from "@iotvault/sources";
+import { sourceAdapterFor, type RecoveryPoint } from "@iotvault/sources";
 import type { Logger } from "@iotvault/telemetry";
 
 export interface BackupRunDeps {
@@ -42,6 +45,8 @@ export interface BackupRunDeps {
   progressIntervalMs: number;
   logger: Logger;
   executorId?: string;
+  /** Services a source adapter may need (e.g. `bus` for kv: sources). */
+  sourceServices?: Readonly<Record<string, unknown>>;
 }
 
 const tracer = () => trace.getTracer("iotvault.executor");
@@ -56,10 +61,12 @@ export async function runBackup(deps: BackupRunDeps, msg: BusMessage<BackupReque
   const log = deps.logger.child({ run_id: req.runId, job: job.name, attempt });
   const startedAt = new Date();
   try {
-    const source = parseSourceUrl(job.source);
+    // An unknown source is a permanent error, found before the repository is opened.
+    for (const s of [job.source, ...job.groupSources]) sourceAdapterFor(s);
+    const store = deps.storeFor(job.repository);
     const repo = await tracer().startActiveSpan("executor.open-repository", async (span) => {
       try {
-        return await Repository.open(deps.storeFor(job.repository), deps.password(), deps.repositoryOptions);
+        return await Repository.open(store, deps.password(), deps.repositoryOptions);
       } finally {
         span.end();
       }
@@ -71,10 +78,22 @@ export async function runBackup(deps: BackupRunDeps, msg: BusMessage<BackupReque
           snapshot_id: snapshotId,
         });
         const snapshot = await repo.loadSnapshot(snapshotId);
-        await publishCompleted(deps, req, snapshot, snapshot.stats, { executor, startedAt, traceId });
+        await publishCompleted(deps, req, snapshot, snapshot.stats, { executor, startedAt, traceId, store });
         return;
       }
-      const parent = await findParent(repo, job.id, req.backupType);
+      // The members of the run: the job's source, plus a consistency group's other sources.
+      // PostgreSQL members go first (their recovery point is marked after the others).
+      const sources = [job.source, ...job.groupSources];
+      const members = sources.map((source, index) => ({
+        source,
+        index,
+        runKey: index === 0 ? req.runId : `${req.runId}/member-${index}`,
+        adapter: sourceAdapterFor(source),
+      }));
+      const order = [...members].sort((a, b) => Number(!a.adapter.recoveryPoint) - Number(!b.adapter.recoveryPoint));
+      const parents = new Map<number, SnapshotManifest | undefined>();
+      for (const m of members) parents.set(m.index, await findParent(repo, job.id, req.backupType, m.source));
+      const parent = parents.get(0);
       await deps.bus.publish(
         SUBJECTS.backupStarted,
         BackupStarted,
@@ -96,83 +115,169 @@ export async function runBackup(deps: BackupRunDeps, msg: BusMessage<BackupReque
         },
         { msgId: `${req.runId}:started:${attempt}` },
       );
-      log.info("backup started", { source: job.source, repository: job.repository, parent: parent?.id ?? null });
+      log.info("backup started", {
+        source: job.source,
+        group: job.groupSources.length ? sources : undefined,
+        repository: job.repository,
+        parent: parent?.id ?? null,
+      });
 
       const progress = progressPublisher(deps, req.runId, job.id, attempt, log);
-      const writer = await repo.startBackup({
-        runId: req.runId,
-        parent,
-        signal: msg.signal,
-        onProgress: (p) => {
-          msg.working();
-          progress({
-            bytesDone: p.bytesRead,
-            bytesNew: p.bytesNew,
-            filesDone: p.filesDone,
-            currentPath: p.currentPath,
-          });
-        },
-      });
-      let committed: { snapshot: SnapshotManifest; stats: BackupStatsInfo };
-      let warnings = 0;
+      // Every member is captured into its own writer; all are committed together at the end, so
+      // that each manifest records the whole group and its recovery point.
+      const captured: {
+        member: (typeof members)[number];
+        writer: BackupWriter;
+        warnings: number;
+        metadata: Record<string, unknown>;
+      }[] = [];
+      const committedMembers: {
+        source: string;
+        snapshot: SnapshotManifest;
+        stats: BackupStatsInfo;
+        restoreOptions: Record<string, string>;
+      }[] = [];
       try {
-        await tracer().startActiveSpan(
-          "executor.read-source",
-          { attributes: { "iotvault.source": job.source } },
-          async (span) => {
-            try {
-              const counts = await backupDirectory(repo, writer, {
-                root: source.root,
-                include: job.include,
-                exclude: job.exclude,
-                parent,
-                signal: msg.signal,
-                onProgress: (p) => {
-                  msg.working();
-                  progress({ bytesDone: p.bytesDone, filesDone: p.filesDone, currentPath: p.currentPath });
+        for (const member of order) {
+          const writer = await repo.startBackup({
+            runId: member.runKey,
+            parent: parents.get(member.index),
+            signal: msg.signal,
+            // A prune holding the repository makes the backup wait for it (the bus keeps the work
+            // item alive meanwhile) instead of failing.
+            lockWaitMs: 30 * 60_000,
+            onProgress: (p) =>
+              progress({
+                bytesDone: p.bytesRead,
+                bytesNew: p.bytesNew,
+                filesDone: p.filesDone,
+                currentPath: p.currentPath,
+              }),
+          });
+          captured.push({ member, writer, warnings: 0, metadata: {} });
+          const slot = captured[captured.length - 1]!;
+          await tracer().startActiveSpan(
+            "executor.read-source",
+            { attributes: { "iotvault.source": redactSource(member.source) } },
+            async (span) => {
+              try {
+                let logged = 0;
+                const result = await member.adapter.backup({
+                  repo,
+                  writer,
+                  job: {
+                    id: job.id,
+                    name: job.name,
+                    source: member.source,
+                    include: job.include,
+                    exclude: job.exclude,
+                    labels: job.labels,
+                  },
+                  backupType: typeName(req.backupType),
+                  parent: parents.get(member.index),
+                  services: deps.sourceServices ?? {},
+                  signal: msg.signal,
+                  onProgress: (p) =>
+                    progress({ bytesDone: p.bytesDone, filesDone: p.filesDone, currentPath: p.currentPath }),
+                  // Every item a source could not back up is logged by name (the first 1000 of a run).
+                  onWarning: (w) => {
+                    if (++logged <= 1000)
+                      log.warn("item not backed up", {
+                        source: redactSource(member.source),
+                        path: w.path,
+                        reason: w.message,
+                      });
+                    else if (logged === 1001) log.warn("more items not backed up; only the first 1000 are logged");
+                  },
+                });
+                span.setAttributes({
+                  "iotvault.files": result.files,
+                  "iotvault.bytes": result.bytes,
+                  "iotvault.warnings": result.warnings,
+                });
+                slot.warnings = result.warnings;
+                slot.metadata = result.metadata;
+              } finally {
+                span.end();
+              }
+            },
+          );
+        }
+        // The group's recovery point: marked after every member was captured.
+        const points = new Map<number, RecoveryPoint>();
+        if (members.length > 1) {
+          for (const m of members) {
+            const point = await m.adapter.recoveryPoint?.(m.source, `iotvault-${req.runId}`, msg.signal);
+            if (point) points.set(m.index, point);
+          }
+        }
+        const capturedAt = new Date();
+        const group =
+          members.length > 1
+            ? {
+                id: req.runId,
+                startedAt: startedAt.toISOString(),
+                capturedAt: capturedAt.toISOString(),
+                members: members.map((m) => ({
+                  source: redactSource(m.source),
+                  snapshotId: repo.snapshotIdFor(m.runKey),
+                  recoveryPoint: points.get(m.index)?.description ?? {},
+                  restoreOptions: points.get(m.index)?.restoreOptions ?? {},
+                })),
+              }
+            : undefined;
+        await tracer().startActiveSpan("executor.commit", async (span) => {
+          try {
+            for (const c of [...captured].sort((a, b) => a.member.index - b.member.index)) {
+              const done = await c.writer.commit({
+                jobId: job.id,
+                jobName: job.name,
+                source: c.member.source,
+                backupType: typeName(req.backupType),
+                hostname: hostname(),
+                time: startedAt,
+                tags: [],
+                labels: job.labels,
+                metadata: {
+                  ...c.metadata,
+                  site: job.site,
+                  trigger: req.trigger,
+                  executor,
+                  warnings: c.warnings,
+                  ...(group ? { group, groupMember: c.member.index } : {}),
                 },
               });
-              span.setAttributes({
-                "iotvault.files": counts.files,
-                "iotvault.bytes": counts.bytes,
-                "iotvault.warnings": counts.warnings,
+              committedMembers.push({
+                source: c.member.source,
+                snapshot: done.snapshot,
+                stats: done.stats,
+                restoreOptions: points.get(c.member.index)?.restoreOptions ?? {},
               });
-              warnings = counts.warnings;
-            } finally {
-              span.end();
             }
-          },
-        );
-        committed = await tracer().startActiveSpan("executor.commit", async (span) => {
-          try {
-            return await writer.commit({
-              jobId: job.id,
-              jobName: job.name,
-              source: job.source,
-              backupType: typeName(req.backupType),
-              hostname: hostname(),
-              time: startedAt,
-              tags: [],
-              labels: job.labels,
-              metadata: { site: job.site, trigger: req.trigger, executor, warnings },
-            });
           } finally {
             span.end();
           }
         });
       } catch (err) {
-        await writer.abort().catch(() => undefined);
+        for (const c of captured) await c.writer.abort().catch(() => undefined);
         if (isCode(err, "ALREADY_EXISTS") && (await repo.hasSnapshot(snapshotId))) {
           // Another attempt of this run (e.g. across a network partition) committed first.
           log.info("another attempt committed this run's snapshot first; announcing it", { snapshot_id: snapshotId });
           const snapshot = await repo.loadSnapshot(snapshotId);
-          await publishCompleted(deps, req, snapshot, snapshot.stats, { executor, startedAt, traceId });
+          await publishCompleted(deps, req, snapshot, snapshot.stats, { executor, startedAt, traceId, store });
           return;
         }
         throw err;
       }
-      await publishCompleted(deps, req, committed.snapshot, committed.stats, { executor, startedAt, traceId });
-      log.info("backup completed", { snapshot_id: committed.snapshot.id, bytes_stored: committed.stats.bytesStored });
+      const primary = committedMembers.find((c) => c.source === job.source)!;
+      const total = sumStats(committedMembers.map((c) => c.stats));
+      await publishCompleted(deps, req, primary.snapshot, total, { executor, startedAt, traceId, store });
+      log.info("backup completed", {
+        snapshot_id: primary.snapshot.id,
+        members: committedMembers.length,
+        bytes_stored: total.bytesStored,
+      });
+      await applyRetention(deps, repo, req, log);
     } finally {
       await repo.close();
     }
@@ -208,10 +313,53 @@ export async function runBackup(deps: BackupRunDeps, msg: BusMessage<BackupReque
   }
 }
 
+/**
+ * The job's retention policy, applied after each successful run (forget: manifests only; the
+ * data is freed by `iotvault prune`). A failure here does not fail the run: it is logged and
+ * the next run tries again.
+ */
+async function applyRetention(deps: BackupRunDeps, repo: Repository, req: BackupRequested, log: Logger): Promise<void> {
+  const job = req.job!;
+  const policy = policyFromJobRetention(job.retention, job.timeZone);
+  if (!policy) return;
+  try {
+    const result = await tracer().startActiveSpan("executor.retention", async (span) => {
+      try {
+        return await repo.forget({ policy, jobId: job.id, lockWaitMs: 60_000 });
+      } finally {
+        span.end();
+      }
+    });
+    if (result.removed.length === 0) return;
+    await deps.bus.publish(
+      SUBJECTS.snapshotForgotten,
+      SnapshotsForgotten,
+      {
+        repository: job.repository,
+        jobId: job.id,
+        snapshotIds: result.removed,
+        policy: JSON.stringify(policy),
+        at: new Date(),
+        traceId: trace.getActiveSpan()?.spanContext().traceId ?? "",
+      },
+      { msgId: `${req.runId}:forgotten` },
+    );
+    log.info("retention applied", { forgotten: result.removed.length });
+  } catch (err) {
+    log.warn("retention policy not applied; the next run tries again", { error: toIotvaultError(err).message });
+  }
+}
+
 /** The parent snapshot: the job's newest (incremental) or newest full (differential); none for full. */
-async function findParent(repo: Repository, jobId: string, type: BackupType): Promise<SnapshotManifest | undefined> {
+async function findParent(
+  repo: Repository,
+  jobId: string,
+  type: BackupType,
+  source: string,
+): Promise<SnapshotManifest | undefined> {
   if (type === BackupType.BACKUP_TYPE_FULL) return undefined;
-  const all = (await repo.listSnapshots()).filter((s) => s.jobId === jobId);
+  // The job's snapshots of this source (a consistency group has one snapshot per member).
+  const all = (await repo.listSnapshots()).filter((s) => s.jobId === jobId && s.source === source);
   if (type === BackupType.BACKUP_TYPE_DIFFERENTIAL) return all.find((s) => s.backupType === "full");
   return all[0];
 }
@@ -233,9 +381,10 @@ async function publishCompleted(
   req: BackupRequested,
   snapshot: SnapshotManifest,
   stats: BackupStatsInfo,
-  ctx: { executor: string; startedAt: Date; traceId: string },
+  ctx: { executor: string; startedAt: Date; traceId: string; store: ObjectStore },
 ): Promise<void> {
   const job = req.job!;
+  const missingTargets = degradedTargets(ctx.store);
   await deps.bus.publish(
     SUBJECTS.backupCompleted,
     BackupCompleted,
@@ -250,15 +399,73 @@ async function publishCompleted(
       source: job.source,
       site: job.site,
       executor: ctx.executor,
-      stats: toProtoStats(stats, typeof snapshot.metadata["warnings"] === "number" ? snapshot.metadata["warnings"] : 0),
+      stats: toProtoStats(stats, warningsOf(snapshot)),
       startedAt: ctx.startedAt,
       finishedAt: new Date(),
       traceId: ctx.traceId,
       snapshotTime: new Date(snapshot.time),
       hostname: snapshot.hostname,
+      degraded: missingTargets.length > 0,
+      missingTargets,
+      groupMembers: groupOf(snapshot).map((m) => ({
+        source: m.source,
+        snapshotId: m.snapshotId,
+        restoreOptions: m.restoreOptions,
+      })),
     },
     { msgId: `${req.runId}:completed` },
   );
+}
+
+interface GroupMemberRecord {
+  source: string;
+  snapshotId: string;
+  recoveryPoint: Record<string, string>;
+  restoreOptions: Record<string, string>;
+}
+
+/** The consistency group a snapshot belongs to, as its manifest records it (empty when none). */
+function groupOf(snapshot: SnapshotManifest): GroupMemberRecord[] {
+  const group = snapshot.metadata["group"] as { members?: GroupMemberRecord[] } | undefined;
+  return Array.isArray(group?.members) ? group.members : [];
+}
+
+function warningsOf(snapshot: SnapshotManifest): number {
+  const w = snapshot.metadata["warnings"];
+  return typeof w === "number" ? w : 0;
+}
+
+/** A group run's counters: the sum over its members. */
+function sumStats(all: BackupStatsInfo[]): BackupStatsInfo {
+  const out = { ...all[0]! };
+  for (const s of all.slice(1)) {
+    for (const k of Object.keys(out) as (keyof BackupStatsInfo)[]) {
+      if (k === "durationMs") out[k] = Math.max(out[k], s[k]);
+      else out[k] += s[k];
+    }
+  }
+  return out;
+}
+
+/** A source URL as events and logs may show it (no password). */
+function redactSource(source: string): string {
+  try {
+    if (!/^[a-z][a-z0-9+.-]*:\/\//.test(source)) return source;
+    const u = new URL(source);
+    if (u.password) u.password = "***";
+    return u.toString();
+  } catch {
+    return source;
+  }
+}
+
+/**
+ * The targets of a replicated repository that missed objects of this run (they were down; the
+ * gateway copies them later): what the gateway's store reported, none for other stores.
+ */
+function degradedTargets(store: ObjectStore): string[] {
+  const reporting = store as ObjectStore & { missingTargets?: () => string[] };
+  return typeof reporting.missingTargets === "function" ? reporting.missingTargets() : [];
 }
 
 /** The run's counters; `warnings` comes from the manifest's metadata (the source's count). */

@@ -8,79 +8,84 @@ import { Bus } from "@iotvault/bus";
 import { loadConfig, readRepositorySecret } from "@iotvault/config";
 import { BackupRequested, STREAMS, SUBJECTS, StorageGatewayServiceClient } from "@iotvault/proto";
 import { GatewayObjectStore, createClient, startGrpcServer } from "@iotvault/rpc";
-import { createLogger, startTelemetry } from "@iotvault/telemetry";
+import { createLogger, startTelemetry, exitOnStartupError } from "@iotvault/telemetry";
 import { announceDeadLetteredRun, runBackup } from "./backup-run.js";
 
-const config = loadConfig(process.env);
-const logger = createLogger({ service: "executor", level: config.log.level });
-const telemetry = startTelemetry({
-  serviceName: "executor",
-  spansDir: config.telemetry.keepSpans ? config.paths.traces : undefined,
-  otlpEndpoint: config.telemetry.otlpEndpoint,
-});
+async function main(): Promise<void> {
+  const config = loadConfig(process.env);
+  const logger = createLogger({ service: "executor", level: config.log.level });
+  const telemetry = startTelemetry({
+    serviceName: "executor",
+    spansDir: config.telemetry.keepSpans ? config.paths.traces : undefined,
+    otlpEndpoint: config.telemetry.otlpEndpoint,
+  });
 
-const bus = await Bus.connect({
-  url: config.nats.url,
-  name: `iotvault-executor-${config.site}`,
-  credsFile: config.nats.credsFile,
-  logger,
-});
-await bus.ensureStreams({
-  duplicateWindowMs: config.bus.duplicateWindowMs,
-  eventsMaxAgeDays: config.bus.eventsMaxAgeDays,
-});
-const gatewayAddress = config.addressOf("storage-gateway");
-const gateway = createClient(StorageGatewayServiceClient, gatewayAddress);
+  const bus = await Bus.connect({
+    url: config.nats.url,
+    name: `iotvault-executor-${config.site}`,
+    credsFile: config.nats.credsFile,
+    logger,
+  });
+  await bus.ensureStreams({
+    duplicateWindowMs: config.bus.duplicateWindowMs,
+    eventsMaxAgeDays: config.bus.eventsMaxAgeDays,
+  });
+  const gatewayAddress = config.addressOf("storage-gateway");
+  const gateway = createClient(StorageGatewayServiceClient, gatewayAddress);
 
-const consumer = await bus.consume({
-  stream: STREAMS.work.name,
-  durable: `executor-${config.site}`,
-  filterSubject: SUBJECTS.workBackup(config.site),
-  accept: [BackupRequested],
-  ackWaitMs: config.bus.ackWaitMs,
-  maxDeliver: config.bus.maxDeliver,
-  spanName: () => "executor.run",
-  logger,
-  onDeadLetter: (letter) => announceDeadLetteredRun(bus, letter),
-  handler: (msg) =>
-    runBackup(
-      {
-        bus,
-        storeFor: (repository) => new GatewayObjectStore(gateway, repository, { address: gatewayAddress }),
-        password: () => readRepositorySecret(process.env, config.repository),
-        repositoryOptions: {
-          scryptLogN: config.repository.scryptLogN,
-          packSizeBytes: config.repository.packSizeMiB << 20,
-          compressionLevel: config.repository.compressionLevel,
-          workers: config.repository.workers,
+  const consumer = await bus.consume({
+    stream: STREAMS.work.name,
+    durable: `executor-${config.site}`,
+    filterSubject: SUBJECTS.workBackup(config.site),
+    accept: [BackupRequested],
+    ackWaitMs: config.bus.ackWaitMs,
+    maxDeliver: config.bus.maxDeliver,
+    spanName: () => "executor.run",
+    logger,
+    onDeadLetter: (letter) => announceDeadLetteredRun(bus, letter),
+    handler: (msg) =>
+      runBackup(
+        {
+          bus,
+          storeFor: (repository) => new GatewayObjectStore(gateway, repository, { address: gatewayAddress }),
+          password: () => readRepositorySecret(process.env, config.repository),
+          repositoryOptions: {
+            scryptLogN: config.repository.scryptLogN,
+            packSizeBytes: config.repository.packSizeMiB << 20,
+            compressionLevel: config.repository.compressionLevel,
+            workers: config.repository.workers,
+          },
+          maxDeliver: config.bus.maxDeliver,
+          progressIntervalMs: config.bus.progressIntervalMs,
+          logger,
+          sourceServices: { bus },
         },
-        maxDeliver: config.bus.maxDeliver,
-        progressIntervalMs: config.bus.progressIntervalMs,
-        logger,
-      },
-      msg,
-    ),
-});
+        msg,
+      ),
+  });
 
-const server = await startGrpcServer({
-  listen: config.services.executor.listen,
-  services: [],
-  serviceName: "executor",
-  logger,
-});
-logger.info("executor ready", { site: config.site, grpc: server.address, nats: config.nats.url });
+  const server = await startGrpcServer({
+    listen: config.services.executor.listen,
+    services: [],
+    serviceName: "executor",
+    logger,
+  });
+  logger.info("executor ready", { site: config.site, grpc: server.address, nats: config.nats.url });
 
-let stopping = false;
-async function shutdown(signal: string): Promise<void> {
-  if (stopping) return;
-  stopping = true;
-  logger.info("shutting down", { signal });
-  await consumer.stop();
-  await server.shutdown(5000);
-  gateway.close();
-  await bus.close();
-  await telemetry.shutdown();
-  process.exit(0);
+  let stopping = false;
+  async function shutdown(signal: string): Promise<void> {
+    if (stopping) return;
+    stopping = true;
+    logger.info("shutting down", { signal });
+    await consumer.stop();
+    await server.shutdown(5000);
+    gateway.close();
+    await bus.close();
+    await telemetry.shutdown();
+    process.exit(0);
+  }
+  process.once("SIGTERM", () => void shutdown("SIGTERM"));
+  process.once("SIGINT", () => void shutdown("SIGINT"));
 }
-process.once("SIGTERM", () => void shutdown("SIGTERM"));
-process.once("SIGINT", () => void shutdown("SIGINT"));
+
+main().catch((err: unknown) => exitOnStartupError("executor", err));

@@ -10,86 +10,147 @@ import {
   StorageGatewayServiceClient,
   type RestoreRequest,
   type RestoreResponse,
+  type DiffRequest,
+  type DiffResponse,
+  type DrillRequest,
+  type DrillResponse,
   type VerifyRequest,
   type VerifyResponse,
 } from "@iotvault/proto";
-import { GatewayObjectStore, createClient, serverStream, startGrpcServer } from "@iotvault/rpc";
-import { createLogger, startTelemetry } from "@iotvault/telemetry";
+import { GatewayObjectStore, createClient, serverStream, startGrpcServer, unary } from "@iotvault/rpc";
+import { createLogger, startTelemetry, exitOnStartupError } from "@iotvault/telemetry";
 import { restoreOperation, verifyOperation, type OperationDeps } from "./operations.js";
+import { diffOperation } from "./diff.js";
+import { drillOperation, type DrillDeps } from "./drill.js";
+import { gatewayRestoreCommand, type WalFetchCommand } from "@iotvault/sources";
 
-const config = loadConfig(process.env);
-const logger = createLogger({ service: "restore", level: config.log.level });
-const telemetry = startTelemetry({
-  serviceName: "restore",
-  spansDir: config.telemetry.keepSpans ? config.paths.traces : undefined,
-  otlpEndpoint: config.telemetry.otlpEndpoint,
-});
-const bus = await Bus.connect({
-  url: config.nats.url,
-  name: "iotvault-restore",
-  credsFile: config.nats.credsFile,
-  logger,
-});
-await bus.ensureStreams({
-  duplicateWindowMs: config.bus.duplicateWindowMs,
-  eventsMaxAgeDays: config.bus.eventsMaxAgeDays,
-});
-const gatewayAddress = config.addressOf("storage-gateway");
-const gateway = createClient(StorageGatewayServiceClient, gatewayAddress);
+async function main(): Promise<void> {
+  const config = loadConfig(process.env);
+  const logger = createLogger({ service: "restore", level: config.log.level });
+  const telemetry = startTelemetry({
+    serviceName: "restore",
+    spansDir: config.telemetry.keepSpans ? config.paths.traces : undefined,
+    otlpEndpoint: config.telemetry.otlpEndpoint,
+  });
+  const bus = await Bus.connect({
+    url: config.nats.url,
+    name: "iotvault-restore",
+    credsFile: config.nats.credsFile,
+    logger,
+  });
+  await bus.ensureStreams({
+    duplicateWindowMs: config.bus.duplicateWindowMs,
+    eventsMaxAgeDays: config.bus.eventsMaxAgeDays,
+  });
+  const gatewayAddress = config.addressOf("storage-gateway");
+  const gateway = createClient(StorageGatewayServiceClient, gatewayAddress);
 
-const deps: OperationDeps = {
-  bus,
-  storeFor: (repository) => new GatewayObjectStore(gateway, repository, { address: gatewayAddress }),
-  password: () => readRepositorySecret(process.env, config.repository),
-  repositoryOptions: { scryptLogN: config.repository.scryptLogN, workers: config.repository.workers },
-  logger,
-};
+  const deps: OperationDeps = {
+    bus,
+    storeFor: (repository) => new GatewayObjectStore(gateway, repository, { address: gatewayAddress }),
+    password: () => readRepositorySecret(process.env, config.repository),
+    repositoryOptions: { scryptLogN: config.repository.scryptLogN, workers: config.repository.workers },
+    logger,
+    sourceServices: { bus },
+  };
+  // PostgreSQL: how restored clusters fetch WAL (restore_command), for restores and drills.
+  const walFetch = walFetchCommand(process.env, gatewayAddress, config.repository);
+  const restoreCommand = (location: string, systemId: string) => gatewayRestoreCommand(walFetch, location, systemId);
+  deps.sourceServices = { ...deps.sourceServices, postgres: { restoreCommand } };
+  const drillDeps: DrillDeps = {
+    ...deps,
+    restoreCommand,
+    scratchRoot: process.env["IOTVAULT_DRILL_DIR"] || undefined,
+    osUser: process.env["IOTVAULT_PG_OS_USER"] || undefined,
+  };
 
-const server = await startGrpcServer({
-  listen: config.services.restore.listen,
-  serviceName: "restore",
-  logger,
-  services: [
-    {
-      name: "iotvault.v1.RestoreService",
-      definition: RestoreServiceService,
-      implementation: {
-        restore: serverStream<RestoreRequest, RestoreResponse>(
-          async function* (req, _call, signal): AsyncGenerator<RestoreResponse> {
-            for await (const u of restoreOperation(deps, req, signal)) {
-              yield {
-                message:
-                  "progress" in u ? { $case: "progress", value: u.progress } : { $case: "result", value: u.result },
-              };
-            }
-          },
-        ),
-        verify: serverStream<VerifyRequest, VerifyResponse>(
-          async function* (req, _call, signal): AsyncGenerator<VerifyResponse> {
-            for await (const u of verifyOperation(deps, req, signal)) {
-              yield {
-                message:
-                  "progress" in u ? { $case: "progress", value: u.progress } : { $case: "result", value: u.result },
-              };
-            }
-          },
-        ),
+  const server = await startGrpcServer({
+    listen: config.services.restore.listen,
+    serviceName: "restore",
+    logger,
+    services: [
+      {
+        name: "iotvault.v1.RestoreService",
+        definition: RestoreServiceService,
+        implementation: {
+          restore: serverStream<RestoreRequest, RestoreResponse>(
+            async function* (req, _call, signal): AsyncGenerator<RestoreResponse> {
+              for await (const u of restoreOperation(deps, req, signal)) {
+                yield {
+                  message:
+                    "progress" in u ? { $case: "progress", value: u.progress } : { $case: "result", value: u.result },
+                };
+              }
+            },
+          ),
+          diff: unary<DiffRequest, DiffResponse>((req, _call, signal) => diffOperation(deps, req, signal)),
+          drill: serverStream<DrillRequest, DrillResponse>(
+            async function* (req, _call, signal): AsyncGenerator<DrillResponse> {
+              for await (const u of drillOperation(drillDeps, req, signal)) {
+                yield {
+                  message:
+                    "progress" in u ? { $case: "progress", value: u.progress } : { $case: "result", value: u.result },
+                };
+              }
+            },
+          ),
+          verify: serverStream<VerifyRequest, VerifyResponse>(
+            async function* (req, _call, signal): AsyncGenerator<VerifyResponse> {
+              for await (const u of verifyOperation(deps, req, signal)) {
+                yield {
+                  message:
+                    "progress" in u ? { $case: "progress", value: u.progress } : { $case: "result", value: u.result },
+                };
+              }
+            },
+          ),
+        },
       },
-    },
-  ],
-});
-logger.info("restore service ready", { grpc: server.address });
+    ],
+  });
+  logger.info("restore service ready", { grpc: server.address });
 
-let stopping = false;
-async function shutdown(signal: string): Promise<void> {
-  if (stopping) return;
-  stopping = true;
-  logger.info("shutting down", { signal });
-  await server.shutdown(10_000);
-  gateway.close();
-  await bus.close();
-  await telemetry.shutdown();
-  process.exit(0);
+  let stopping = false;
+  async function shutdown(signal: string): Promise<void> {
+    if (stopping) return;
+    stopping = true;
+    logger.info("shutting down", { signal });
+    await server.shutdown(10_000);
+    gateway.close();
+    await bus.close();
+    await telemetry.shutdown();
+    process.exit(0);
+  }
+  process.once("SIGTERM", () => void shutdown("SIGTERM"));
+  process.once("SIGINT", () => void shutdown("SIGINT"));
 }
-process.once("SIGTERM", () => void shutdown("SIGTERM"));
-process.once("SIGINT", () => void shutdown("SIGINT"));
+
+/**
+ * restore_command of restored PostgreSQL clusters: `iotvault wal-fetch` (IOTVAULT_COMMAND, e.g.
+ * "/usr/bin/node /opt/iotvault/cli/bin/iotvault.js") with the gateway's address and the path of
+ * a secret the PostgreSQL OS user may read: IOTVAULT_WAL_KEY_FILE, else this service's key file
+ * or passphrase file. Paths only: a passphrase itself never goes into postgresql.auto.conf.
+ */
+function walFetchCommand(
+  env: NodeJS.ProcessEnv,
+  gatewayAddress: string,
+  repository: { keyFile?: string | undefined; passwordFile?: string | undefined },
+): WalFetchCommand {
+  const keyFile = env["IOTVAULT_WAL_KEY_FILE"] || env["IOTVAULT_KEY_FILE"] || repository.keyFile;
+  const passwordFile = env["IOTVAULT_PASSWORD_FILE"] || repository.passwordFile;
+  const secret: Record<string, string> = keyFile
+    ? { IOTVAULT_KEY_FILE: keyFile }
+    : passwordFile
+      ? { IOTVAULT_PASSWORD_FILE: passwordFile }
+      : {};
+  return {
+    command: env["IOTVAULT_COMMAND"] || "iotvault",
+    env: {
+      IOTVAULT_STORAGE_GATEWAY_ADDRESS: gatewayAddress,
+      ...secret,
+      ...(env["IOTVAULT_CONFIG"] ? { IOTVAULT_CONFIG: env["IOTVAULT_CONFIG"] } : {}),
+    },
+  };
+}
+
+main().catch((err: unknown) => exitOnStartupError("restore", err));

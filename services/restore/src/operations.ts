@@ -21,7 +21,7 @@ import {
   type VerifyResult,
 } from "@iotvault/proto";
 import { Repository, type RepositorySecret } from "@iotvault/repo";
-import { restoreToDirectory } from "@iotvault/sources";
+import { sourceAdapterFor } from "@iotvault/sources";
 import type { ObjectStore } from "@iotvault/storage";
 import type { Logger } from "@iotvault/telemetry";
 
@@ -32,6 +32,8 @@ export interface OperationDeps {
   password(): RepositorySecret;
   repositoryOptions: { scryptLogN: number; workers: number };
   logger: Logger;
+  /** Services a source adapter may need when restoring (e.g. `bus` for kv: targets). */
+  sourceServices?: Readonly<Record<string, unknown>>;
 }
 
 export type Update<R> = { progress: OperationProgress } | { result: R };
@@ -107,9 +109,16 @@ export function restoreOperation(
   req: RestoreRequest,
   signal: AbortSignal,
 ): AsyncGenerator<Update<RestoreResult>> {
-  if (!req.targetDir || !isAbsolute(req.targetDir)) {
-    throw new IotvaultError("INVALID_ARGUMENT", `restore target "${req.targetDir}" must be an absolute directory path`);
+  // A directory (absolute path), or a URL of the snapshot's kind of source (postgres://...).
+  const target = req.target || req.targetDir;
+  if (!target || (!req.target && !isAbsolute(req.targetDir))) {
+    throw new IotvaultError(
+      "INVALID_ARGUMENT",
+      `restore target "${target}" must be an absolute directory path or a target URL`,
+    );
   }
+  // What events, results and logs show: a target URL never carries its password there.
+  const shown = redactTarget(target);
   const restoreId = newId("rs");
   return run(async (emit) => {
     const started = new Date();
@@ -117,7 +126,16 @@ export function restoreOperation(
     let snapshotId = req.snapshotId;
     try {
       const repo = await Repository.open(deps.storeFor(req.repository), deps.password(), deps.repositoryOptions);
+      // A shared lock keeps a prune from deleting packs while they are read; the index is
+      // refreshed under it in case a prune ran since the repository was opened.
+      const lock = await repo
+        .lock("shared", { purpose: `restore ${restoreId}`, waitMs: 10 * 60_000, signal })
+        .catch(async (err: unknown) => {
+          await repo.close();
+          throw err;
+        });
       try {
+        await repo.refreshIndex(signal);
         const snapshot = await repo.loadSnapshot(req.snapshotId);
         snapshotId = snapshot.id;
         await deps.bus.publish(
@@ -127,7 +145,7 @@ export function restoreOperation(
             restoreId,
             repository: req.repository,
             snapshotId,
-            target: req.targetDir,
+            target: shown,
             include: req.include,
             startedAt: started,
             traceId: traceId(),
@@ -135,11 +153,16 @@ export function restoreOperation(
           { msgId: `${restoreId}:started` },
         );
         const totals = snapshot.stats;
-        const r = await restoreToDirectory(repo, snapshot, {
-          target: req.targetDir,
+        const r = await sourceAdapterFor(snapshot.source).restore({
+          repo,
+          snapshot,
+          target,
           include: req.include,
           overwrite: req.overwrite,
           verify: req.verify,
+          allowExternalSymlinks: req.allowExternalSymlinks,
+          options: req.options,
+          services: deps.sourceServices ?? {},
           signal,
           onProgress: (p) =>
             emit({
@@ -154,7 +177,8 @@ export function restoreOperation(
         const result: RestoreResult = {
           restoreId,
           snapshotId,
-          targetDir: req.targetDir,
+          targetDir: shown,
+          details: JSON.stringify(r.details),
           files: BigInt(r.files),
           dirs: BigInt(r.dirs),
           symlinks: BigInt(r.symlinks),
@@ -170,7 +194,7 @@ export function restoreOperation(
             restoreId,
             repository: req.repository,
             snapshotId,
-            target: req.targetDir,
+            target: shown,
             files: result.files,
             dirs: result.dirs,
             symlinks: result.symlinks,
@@ -179,12 +203,22 @@ export function restoreOperation(
             startedAt: started,
             finishedAt: finished,
             traceId: traceId(),
+            details: result.details,
           },
           { msgId: `${restoreId}:completed` },
         );
+        await publishShaclVerdict(deps, {
+          restoreId,
+          repository: req.repository,
+          snapshotId,
+          details: r.details,
+          started,
+          finished,
+        });
         log.info("restore completed", { files: r.files, bytes: r.bytes, verified: r.verified });
         return result;
       } finally {
+        await lock.release().catch(() => undefined);
         await repo.close();
       }
     } catch (err) {
@@ -198,7 +232,7 @@ export function restoreOperation(
             restoreId,
             repository: req.repository,
             snapshotId,
-            target: req.targetDir,
+            target: shown,
             error: toErrorInfo(e),
             at: new Date(),
             traceId: traceId(),
@@ -223,7 +257,16 @@ export function verifyOperation(
     let snapshotId = req.snapshotId;
     try {
       const repo = await Repository.open(deps.storeFor(req.repository), deps.password(), deps.repositoryOptions);
+      // A shared lock keeps a prune from deleting packs while they are read; the index is
+      // refreshed under it in case a prune ran since the repository was opened.
+      const lock = await repo
+        .lock("shared", { purpose: `verify ${verifyId}`, waitMs: 10 * 60_000, signal })
+        .catch(async (err: unknown) => {
+          await repo.close();
+          throw err;
+        });
       try {
+        await repo.refreshIndex(signal);
         if (snapshotId) snapshotId = (await repo.loadSnapshot(snapshotId)).id;
         const report = await repo.verify({
           readData: req.readData,
@@ -264,6 +307,7 @@ export function verifyOperation(
         await deps.bus.publish(SUBJECTS.verifyCompleted, VerifyCompleted, result, { msgId: `${verifyId}:completed` });
         return result;
       } finally {
+        await lock.release().catch(() => undefined);
         await repo.close();
       }
     } catch (err) {
@@ -286,4 +330,75 @@ export function verifyOperation(
       throw e;
     }
   });
+}
+
+/** The SHACL verdict a restore was asked for (`--option shacl=...`), in the restore's details. */
+interface ShaclVerdictShape {
+  shapes: string;
+  conforms: boolean;
+  violations: number;
+  results: number;
+  details: { severity: string; focusNode: string; path: string; value: string; message: string; sourceShape: string }[];
+}
+
+/**
+ * Publishes the SHACL verdict of a restore as a verify.completed event (check "shacl"), so that
+ * the catalog keeps it with the other verdicts; violations are its problems (SHACL_VIOLATION).
+ */
+async function publishShaclVerdict(
+  deps: OperationDeps,
+  r: {
+    restoreId: string;
+    repository: string;
+    snapshotId: string;
+    details: Record<string, unknown>;
+    started: Date;
+    finished: Date;
+  },
+): Promise<void> {
+  const shacl = r.details["shacl"] as ShaclVerdictShape | undefined;
+  if (!shacl) return;
+  const verifyId = `vf-shacl-${r.restoreId}`;
+  await deps.bus.publish(
+    SUBJECTS.verifyCompleted,
+    VerifyCompleted,
+    {
+      verifyId,
+      repository: r.repository,
+      snapshotId: r.snapshotId,
+      readData: false,
+      readDataPercent: 0,
+      ok: shacl.conforms,
+      snapshotsChecked: 1n,
+      packsChecked: 0n,
+      chunksChecked: 0n,
+      bytesRead: 0n,
+      problems: shacl.details.map((d) => ({
+        kind: "SHACL_VIOLATION",
+        object: d.focusNode,
+        message: `${d.severity} ${d.path ? `on ${d.path}` : ""}: ${d.message || "constraint not met"}${d.value ? ` (value ${d.value})` : ""}`,
+        paths: [d.sourceShape],
+      })),
+      startedAt: r.started,
+      finishedAt: r.finished,
+      traceId: traceId(),
+      check: "shacl",
+      restoreId: r.restoreId,
+      details: JSON.stringify(shacl),
+    },
+    { msgId: `${verifyId}:completed` },
+  );
+}
+
+/** A target URL without user password (targets like postgres://user:secret@host/db). */
+export function redactTarget(target: string): string {
+  if (!/^[a-z][a-z0-9+.-]*:\/\//.test(target)) return target;
+  try {
+    const u = new URL(target);
+    if (u.password) u.password = "***";
+    for (const k of [...u.searchParams.keys()]) if (/pass|secret|token/i.test(k)) u.searchParams.set(k, "***");
+    return u.toString();
+  } catch {
+    return "<unparsable target>";
+  }
 }

@@ -7,11 +7,11 @@ import { IotvaultError } from "@iotvault/errors";
 import { BackupType, Job } from "@iotvault/proto";
 import { Kvm, type KV } from "@nats-io/kv";
 import { Cron } from "croner";
+import { validateSourceUrl } from "@iotvault/sources";
+import { checkDrillSchedule } from "./drills.js";
 
 export const JOBS_BUCKET = "iotvault_jobs";
 const NAME = /^[a-z0-9][a-z0-9._-]{0,62}$/;
-/** Source schemes this version can back up. */
-export const SOURCE_SCHEMES = ["fs"] as const;
 
 export class JobStore {
   private constructor(private readonly kv: KV) {}
@@ -117,6 +117,10 @@ export function validateJob(job: Job, defaults: { site: string }): Job & { id: s
     throw bad("name", `"${job.name}" is not a valid name`, "use [a-z0-9][a-z0-9._-]*, at most 63 characters");
   if (!NAME.test(job.repository)) throw bad("repository", `"${job.repository}" is not a valid repository name`);
   checkSource(job.source);
+  for (const member of job.groupSources) checkSource(member);
+  if (new Set([job.source, ...job.groupSources]).size !== 1 + job.groupSources.length) {
+    throw bad("group_sources", "a consistency group names a source twice");
+  }
   const site = job.site || defaults.site;
   if (!NAME.test(site)) throw bad("site", `"${site}" is not a valid site name`);
   const timeZone = job.timeZone || "UTC";
@@ -136,6 +140,7 @@ export function validateJob(job: Job, defaults: { site: string }): Job & { id: s
       );
     }
   }
+  checkDrillSchedule(job, timeZone);
   for (const [field, patterns] of [
     ["include", job.include],
     ["exclude", job.exclude],
@@ -153,13 +158,10 @@ export function validateJob(job: Job, defaults: { site: string }): Job & { id: s
 }
 
 function checkSource(source: string): void {
-  const scheme = /^([a-z][a-z0-9+.-]*):/.exec(source)?.[1];
-  if (!scheme || !(SOURCE_SCHEMES as readonly string[]).includes(scheme)) {
-    throw new IotvaultError("INVALID_ARGUMENT", `job source: "${source}" is not a supported source`, {
-      hint: `supported sources: ${SOURCE_SCHEMES.map((s) => `${s}:/path`).join(", ")}`,
-    });
-  }
-  if (scheme === "fs" && !/^fs:(\/\/)?\//.test(source)) {
-    throw new IotvaultError("INVALID_ARGUMENT", `job source: "${source}" must name an absolute path (fs:/path)`);
+  try {
+    validateSourceUrl(source);
+  } catch (err) {
+    const e = err as IotvaultError;
+    throw new IotvaultError("INVALID_ARGUMENT", `job source: ${e.message}`, { hint: e.hint });
   }
 }

@@ -23,7 +23,7 @@ describe("job validation", () => {
     ["schedule", { schedule: "every day" }, /job schedule/],
     ["time zone", { schedule: "0 2 * * *", timeZone: "Mars/Olympus" }, /job time_zone/],
     ["source", { source: "ftp://x" }, /job source/],
-    ["relative fs source", { source: "fs:relative/path" }, /absolute path/],
+    ["relative fs source", { source: "fs:relative/path" }, /must be absolute/],
     ["repository", { repository: "" }, /job repository/],
   ] as const) {
     it(`names the bad field: ${field}`, () => {

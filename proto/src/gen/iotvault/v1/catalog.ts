@@ -62,6 +62,8 @@ export interface Run {
   /** Last progress seen while running. */
   bytesDone: bigint;
   filesDone: bigint;
+  /** Completed while a target of the repository was down (see BackupCompleted.degraded). */
+  degraded: boolean;
 }
 
 export interface Snapshot {
@@ -81,6 +83,15 @@ export interface Snapshot {
   /** A held snapshot is never forgotten by a retention policy. */
   held: boolean;
   holdReason: string;
+  /** The run id of the consistency group this snapshot belongs to (empty for a single source). */
+  groupId: string;
+  /** Options that bring this member to the group's recovery point. */
+  groupRestoreOptions: { [key: string]: string };
+}
+
+export interface Snapshot_GroupRestoreOptionsEntry {
+  key: string;
+  value: string;
 }
 
 export interface ListRunsRequest {
@@ -107,6 +118,8 @@ export interface ListSnapshotsRequest {
   job: string;
   repository: string;
   limit: number;
+  /** Only the members of this consistency group (a run id). */
+  groupId: string;
 }
 
 export interface ListSnapshotsResponse {
@@ -158,6 +171,7 @@ function createBaseRun(): Run {
     finishedAt: undefined,
     bytesDone: 0n,
     filesDone: 0n,
+    degraded: false,
   };
 }
 
@@ -225,6 +239,9 @@ export const Run: MessageFns<Run> = {
         throw new globalThis.Error("value provided for field message.filesDone of type uint64 too large");
       }
       writer.uint32(152).uint64(message.filesDone);
+    }
+    if (message.degraded !== false) {
+      writer.uint32(160).bool(message.degraded);
     }
     return writer;
   },
@@ -394,6 +411,14 @@ export const Run: MessageFns<Run> = {
             message.filesDone = reader.uint64() as bigint;
             continue;
           }
+          case 20: {
+            if (tag !== 160) {
+              break;
+            }
+
+            message.degraded = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -471,6 +496,7 @@ export const Run: MessageFns<Run> = {
         : isSet(object.files_done)
         ? BigInt(object.files_done)
         : 0n,
+      degraded: isSet(object.degraded) ? globalThis.Boolean(object.degraded) : false,
     };
   },
 
@@ -533,6 +559,9 @@ export const Run: MessageFns<Run> = {
     if (message.filesDone !== undefined) {
       obj.filesDone = message.filesDone.toString();
     }
+    if (message.degraded !== undefined) {
+      obj.degraded = message.degraded;
+    }
     return obj;
   },
 
@@ -564,6 +593,7 @@ export const Run: MessageFns<Run> = {
     message.finishedAt = object.finishedAt ?? undefined;
     message.bytesDone = (object.bytesDone !== undefined && object.bytesDone !== null) ? BigInt(object.bytesDone) : 0n;
     message.filesDone = (object.filesDone !== undefined && object.filesDone !== null) ? BigInt(object.filesDone) : 0n;
+    message.degraded = object.degraded ?? false;
     return message;
   },
 };
@@ -583,6 +613,8 @@ function createBaseSnapshot(): Snapshot {
     stats: undefined,
     held: false,
     holdReason: "",
+    groupId: "",
+    groupRestoreOptions: {},
   };
 }
 
@@ -627,6 +659,12 @@ export const Snapshot: MessageFns<Snapshot> = {
     if (message.holdReason !== "") {
       writer.uint32(106).string(message.holdReason);
     }
+    if (message.groupId !== "") {
+      writer.uint32(114).string(message.groupId);
+    }
+    globalThis.Object.entries(message.groupRestoreOptions).forEach(([key, value]: [string, string]) => {
+      Snapshot_GroupRestoreOptionsEntry.encode({ key: key as any, value }, writer.uint32(122).fork()).join();
+    });
     return writer;
   },
 
@@ -747,6 +785,25 @@ export const Snapshot: MessageFns<Snapshot> = {
             message.holdReason = reader.string();
             continue;
           }
+          case 14: {
+            if (tag !== 114) {
+              break;
+            }
+
+            message.groupId = reader.string();
+            continue;
+          }
+          case 15: {
+            if (tag !== 122) {
+              break;
+            }
+
+            const entry15 = Snapshot_GroupRestoreOptionsEntry.decode(reader, reader.uint32());
+            if (entry15.value !== undefined) {
+              message.groupRestoreOptions[entry15.key] = entry15.value;
+            }
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -802,6 +859,38 @@ export const Snapshot: MessageFns<Snapshot> = {
         : isSet(object.hold_reason)
         ? globalThis.String(object.hold_reason)
         : "",
+      groupId: isSet(object.groupId)
+        ? globalThis.String(object.groupId)
+        : isSet(object.group_id)
+        ? globalThis.String(object.group_id)
+        : "",
+      groupRestoreOptions: isObject(object.groupRestoreOptions)
+        ? (globalThis.Object.entries(object.groupRestoreOptions) as [string, any][]).reduce(
+          (acc: { [key: string]: string }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.String(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : isObject(object.group_restore_options)
+        ? (globalThis.Object.entries(object.group_restore_options) as [string, any][]).reduce(
+          (acc: { [key: string]: string }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.String(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
     };
   },
 
@@ -846,6 +935,18 @@ export const Snapshot: MessageFns<Snapshot> = {
     if (message.holdReason !== undefined) {
       obj.holdReason = message.holdReason;
     }
+    if (message.groupId !== undefined) {
+      obj.groupId = message.groupId;
+    }
+    if (message.groupRestoreOptions) {
+      const entries = globalThis.Object.entries(message.groupRestoreOptions) as [string, string][];
+      if (entries.length > 0) {
+        obj.groupRestoreOptions = {};
+        entries.forEach(([k, v]) => {
+          obj.groupRestoreOptions[k] = v;
+        });
+      }
+    }
     return obj;
   },
 
@@ -869,6 +970,99 @@ export const Snapshot: MessageFns<Snapshot> = {
       : undefined;
     message.held = object.held ?? false;
     message.holdReason = object.holdReason ?? "";
+    message.groupId = object.groupId ?? "";
+    message.groupRestoreOptions = (globalThis.Object.entries(object.groupRestoreOptions ?? {}) as [string, string][])
+      .reduce((acc: { [key: string]: string }, [key, value]: [string, string]) => {
+        if (value !== undefined) {
+          acc[key] = globalThis.String(value);
+        }
+        return acc;
+      }, {});
+    return message;
+  },
+};
+
+function createBaseSnapshot_GroupRestoreOptionsEntry(): Snapshot_GroupRestoreOptionsEntry {
+  return { key: "", value: "" };
+}
+
+export const Snapshot_GroupRestoreOptionsEntry: MessageFns<Snapshot_GroupRestoreOptionsEntry> = {
+  encode(message: Snapshot_GroupRestoreOptionsEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== "") {
+      writer.uint32(18).string(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Snapshot_GroupRestoreOptionsEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSnapshot_GroupRestoreOptionsEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.value = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Snapshot_GroupRestoreOptionsEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.String(object.value) : "",
+    };
+  },
+
+  toJSON(message: Snapshot_GroupRestoreOptionsEntry): unknown {
+    const obj: any = {};
+    if (message.key !== undefined) {
+      obj.key = message.key;
+    }
+    if (message.value !== undefined) {
+      obj.value = message.value;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<Snapshot_GroupRestoreOptionsEntry>): Snapshot_GroupRestoreOptionsEntry {
+    return Snapshot_GroupRestoreOptionsEntry.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<Snapshot_GroupRestoreOptionsEntry>): Snapshot_GroupRestoreOptionsEntry {
+    const message = createBaseSnapshot_GroupRestoreOptionsEntry();
+    message.key = object.key ?? "";
+    message.value = object.value ?? "";
     return message;
   },
 };
@@ -1182,7 +1376,7 @@ export const GetRunResponse: MessageFns<GetRunResponse> = {
 };
 
 function createBaseListSnapshotsRequest(): ListSnapshotsRequest {
-  return { job: "", repository: "", limit: 0 };
+  return { job: "", repository: "", limit: 0, groupId: "" };
 }
 
 export const ListSnapshotsRequest: MessageFns<ListSnapshotsRequest> = {
@@ -1195,6 +1389,9 @@ export const ListSnapshotsRequest: MessageFns<ListSnapshotsRequest> = {
     }
     if (message.limit !== 0) {
       writer.uint32(24).uint32(message.limit);
+    }
+    if (message.groupId !== "") {
+      writer.uint32(34).string(message.groupId);
     }
     return writer;
   },
@@ -1236,6 +1433,14 @@ export const ListSnapshotsRequest: MessageFns<ListSnapshotsRequest> = {
             message.limit = reader.uint32();
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.groupId = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1253,6 +1458,11 @@ export const ListSnapshotsRequest: MessageFns<ListSnapshotsRequest> = {
       job: isSet(object.job) ? globalThis.String(object.job) : "",
       repository: isSet(object.repository) ? globalThis.String(object.repository) : "",
       limit: isSet(object.limit) ? globalThis.Number(object.limit) : 0,
+      groupId: isSet(object.groupId)
+        ? globalThis.String(object.groupId)
+        : isSet(object.group_id)
+        ? globalThis.String(object.group_id)
+        : "",
     };
   },
 
@@ -1267,6 +1477,9 @@ export const ListSnapshotsRequest: MessageFns<ListSnapshotsRequest> = {
     if (message.limit !== undefined) {
       obj.limit = Math.round(message.limit);
     }
+    if (message.groupId !== undefined) {
+      obj.groupId = message.groupId;
+    }
     return obj;
   },
 
@@ -1278,6 +1491,7 @@ export const ListSnapshotsRequest: MessageFns<ListSnapshotsRequest> = {
     message.job = object.job ?? "";
     message.repository = object.repository ?? "";
     message.limit = object.limit ?? 0;
+    message.groupId = object.groupId ?? "";
     return message;
   },
 };
@@ -1917,6 +2131,10 @@ function fromJsonTimestamp(o: any): Date {
   } else {
     return fromTimestamp(Timestamp.fromJSON(o));
   }
+}
+
+function isObject(value: any): boolean {
+  return typeof value === "object" && value !== null;
 }
 
 function isSet(value: any): boolean {

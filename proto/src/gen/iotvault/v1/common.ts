@@ -166,11 +166,14 @@ export interface Job {
   id: string;
   /** Unique, human-chosen name ([a-z0-9][a-z0-9._-]*). */
   name: string;
-  /** Source URL: fs:/path (more kinds later: postgres://, kv:, rdf:, rules:). */
+  /**
+   * Source URL: fs:/path, postgres://...?mode=logical|physical, rdf:/dir, rules:/dir, config:/dir,
+   * kv:bucket, sparql+http(s)://... (libs/sources registry).
+   */
   source: string;
   /** Name of the repository (a storage-gateway repository) the snapshots go to. */
   repository: string;
-  /** Cron expression (5 or 6 fields); empty for a job that only runs when triggered. */
+  /** Cron expression (5 fields, or 6 with seconds); empty for a job that only runs when triggered. */
   schedule: string;
   /** IANA time zone the schedule is evaluated in; empty means UTC. */
   timeZone: string;
@@ -194,7 +197,20 @@ export interface Job {
    * Which snapshots of this job to keep; applied after each successful run (forget). Empty
    * keeps everything.
    */
-  retention?: RetentionPolicy | undefined;
+  retention?:
+    | RetentionPolicy
+    | undefined;
+  /**
+   * Cron expression (in time_zone) of restore drills of the job's newest snapshot; empty: no
+   * scheduled drill. The scheduler calls RestoreService.Drill when it fires.
+   */
+  drillSchedule: string;
+  /**
+   * More sources captured in the same run as `source`, around one recovery point (a consistency
+   * group: e.g. a database, its semantic model, rules and configuration). Each member gets its own
+   * snapshot; docs/consistency-groups.md says what "consistent" guarantees.
+   */
+  groupSources: string[];
 }
 
 export interface Job_LabelsEntry {
@@ -255,13 +271,26 @@ export interface ErrorInfo {
 
 /** A problem found by a verification. */
 export interface VerifyProblem {
-  /** Kind of problem: PACK_MISSING, PACK_CORRUPT, CHUNK_MISSING, CHUNK_CORRUPT, INDEX_CORRUPT, SNAPSHOT_CORRUPT. */
+  /**
+   * Kind of problem: PACK_MISSING, PACK_CORRUPT, CHUNK_MISSING, CHUNK_CORRUPT, INDEX_CORRUPT,
+   * SNAPSHOT_CORRUPT, CONFIG_CORRUPT, KEY_CORRUPT.
+   */
   kind: string;
   /** The object concerned (pack id, chunk id, snapshot id). */
   object: string;
   message: string;
   /** Snapshot-relative paths of the files affected, when known. */
   paths: string[];
+}
+
+/**
+ * One check of a drill: its name (e.g. "restore", "answers", "rows public.sensors"), verdict and
+ * what was seen.
+ */
+export interface DrillCheck {
+  name: string;
+  ok: boolean;
+  detail: string;
 }
 
 function createBaseJob(): Job {
@@ -281,6 +310,8 @@ function createBaseJob(): Job {
     createdAt: undefined,
     updatedAt: undefined,
     retention: undefined,
+    drillSchedule: "",
+    groupSources: [],
   };
 }
 
@@ -330,6 +361,12 @@ export const Job: MessageFns<Job> = {
     }
     if (message.retention !== undefined) {
       RetentionPolicy.encode(message.retention, writer.uint32(122).fork()).join();
+    }
+    if (message.drillSchedule !== "") {
+      writer.uint32(130).string(message.drillSchedule);
+    }
+    for (const v of message.groupSources) {
+      writer.uint32(138).string(v!);
     }
     return writer;
   },
@@ -470,6 +507,22 @@ export const Job: MessageFns<Job> = {
             message.retention = RetentionPolicy.decode(reader, reader.uint32());
             continue;
           }
+          case 16: {
+            if (tag !== 130) {
+              break;
+            }
+
+            message.drillSchedule = reader.string();
+            continue;
+          }
+          case 17: {
+            if (tag !== 138) {
+              break;
+            }
+
+            message.groupSources.push(reader.string());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -528,6 +581,16 @@ export const Job: MessageFns<Job> = {
         ? fromJsonTimestamp(object.updated_at)
         : undefined,
       retention: isSet(object.retention) ? RetentionPolicy.fromJSON(object.retention) : undefined,
+      drillSchedule: isSet(object.drillSchedule)
+        ? globalThis.String(object.drillSchedule)
+        : isSet(object.drill_schedule)
+        ? globalThis.String(object.drill_schedule)
+        : "",
+      groupSources: globalThis.Array.isArray(object?.groupSources)
+        ? object.groupSources.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.group_sources)
+        ? object.group_sources.map((e: any) => globalThis.String(e))
+        : [],
     };
   },
 
@@ -584,6 +647,12 @@ export const Job: MessageFns<Job> = {
     if (message.retention !== undefined) {
       obj.retention = RetentionPolicy.toJSON(message.retention);
     }
+    if (message.drillSchedule !== undefined) {
+      obj.drillSchedule = message.drillSchedule;
+    }
+    if (message.groupSources?.length) {
+      obj.groupSources = message.groupSources;
+    }
     return obj;
   },
 
@@ -617,6 +686,8 @@ export const Job: MessageFns<Job> = {
     message.retention = (object.retention !== undefined && object.retention !== null)
       ? RetentionPolicy.fromPartial(object.retention)
       : undefined;
+    message.drillSchedule = object.drillSchedule ?? "";
+    message.groupSources = object.groupSources?.map((e) => e) || [];
     return message;
   },
 };
@@ -1521,6 +1592,107 @@ export const VerifyProblem: MessageFns<VerifyProblem> = {
     message.object = object.object ?? "";
     message.message = object.message ?? "";
     message.paths = object.paths?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseDrillCheck(): DrillCheck {
+  return { name: "", ok: false, detail: "" };
+}
+
+export const DrillCheck: MessageFns<DrillCheck> = {
+  encode(message: DrillCheck, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.ok !== false) {
+      writer.uint32(16).bool(message.ok);
+    }
+    if (message.detail !== "") {
+      writer.uint32(26).string(message.detail);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DrillCheck {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDrillCheck();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.ok = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.detail = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DrillCheck {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      ok: isSet(object.ok) ? globalThis.Boolean(object.ok) : false,
+      detail: isSet(object.detail) ? globalThis.String(object.detail) : "",
+    };
+  },
+
+  toJSON(message: DrillCheck): unknown {
+    const obj: any = {};
+    if (message.name !== undefined) {
+      obj.name = message.name;
+    }
+    if (message.ok !== undefined) {
+      obj.ok = message.ok;
+    }
+    if (message.detail !== undefined) {
+      obj.detail = message.detail;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<DrillCheck>): DrillCheck {
+    return DrillCheck.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<DrillCheck>): DrillCheck {
+    const message = createBaseDrillCheck();
+    message.name = object.name ?? "";
+    message.ok = object.ok ?? false;
+    message.detail = object.detail ?? "";
     return message;
   },
 };

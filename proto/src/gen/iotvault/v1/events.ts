@@ -12,6 +12,7 @@ import {
   BackupType,
   backupTypeFromJSON,
   backupTypeToJSON,
+  DrillCheck,
   ErrorInfo,
   Job,
   TriggerKind,
@@ -122,6 +123,32 @@ export interface BackupCompleted {
   /** The snapshot time recorded in the manifest. */
   snapshotTime?: Date | undefined;
   hostname: string;
+  /**
+   * True when some objects of the run are missing on some targets of the repository (they
+   * were down); the storage-gateway copies them there later.
+   */
+  degraded: boolean;
+  missingTargets: string[];
+  /**
+   * The snapshots of a consistency group's members (the first is snapshot_id's own source);
+   * empty for a job with one source.
+   */
+  groupMembers: GroupMember[];
+}
+
+export interface GroupMember {
+  source: string;
+  snapshotId: string;
+  /**
+   * Restore options that bring the member to the group's recovery point (e.g.
+   * recovery_target_name for a physical PostgreSQL member).
+   */
+  restoreOptions: { [key: string]: string };
+}
+
+export interface GroupMember_RestoreOptionsEntry {
+  key: string;
+  value: string;
 }
 
 /** iotvault.events.backup.failed */
@@ -181,6 +208,11 @@ export interface RestoreCompleted {
   startedAt?: Date | undefined;
   finishedAt?: Date | undefined;
   traceId: string;
+  /**
+   * Source-specific facts of the restore (JSON object as text, as in RestoreResult.details):
+   * graphs and triples restored, and the SHACL verdict when one was asked for.
+   */
+  details: string;
 }
 
 /** iotvault.events.restore.failed */
@@ -212,6 +244,15 @@ export interface VerifyCompleted {
   startedAt?: Date | undefined;
   finishedAt?: Date | undefined;
   traceId: string;
+  /**
+   * What was verified when it was not the repository's data: "shacl" for the SHACL validation
+   * of a restore (problems of kind SHACL_VIOLATION), empty for a repository verification.
+   */
+  check: string;
+  /** The restore the verdict belongs to, for check = "shacl". */
+  restoreId: string;
+  /** The full verdict as JSON text (for check = "shacl": conforms, counts, the first results). */
+  details: string;
 }
 
 /** iotvault.events.verify.failed: the verification could not run (not a verdict of corruption). */
@@ -273,6 +314,31 @@ export interface WalArchived {
   segment: string;
   size: bigint;
   archivedAt?: Date | undefined;
+}
+
+/**
+ * iotvault.events.drill.completed: a restore drill ran (its verdict is ok; a drill that could not
+ * complete has ok false and error set). One per drill, also for scheduled drills.
+ */
+export interface DrillCompleted {
+  drillId: string;
+  repository: string;
+  jobId: string;
+  jobName: string;
+  snapshotId: string;
+  /** e.g. "postgres-logical", "postgres-physical". */
+  kind: string;
+  ok: boolean;
+  checks: DrillCheck[];
+  error?:
+    | ErrorInfo
+    | undefined;
+  /** "cli:<user>", "scheduler", ... */
+  requestedBy: string;
+  durationMs: bigint;
+  startedAt?: Date | undefined;
+  finishedAt?: Date | undefined;
+  traceId: string;
 }
 
 /** iotvault.dlq.<original subject> (stream IOTVAULT_DLQ): a message no consumer could handle. */
@@ -1495,6 +1561,9 @@ function createBaseBackupCompleted(): BackupCompleted {
     traceId: "",
     snapshotTime: undefined,
     hostname: "",
+    degraded: false,
+    missingTargets: [],
+    groupMembers: [],
   };
 }
 
@@ -1547,6 +1616,15 @@ export const BackupCompleted: MessageFns<BackupCompleted> = {
     }
     if (message.hostname !== "") {
       writer.uint32(130).string(message.hostname);
+    }
+    if (message.degraded !== false) {
+      writer.uint32(136).bool(message.degraded);
+    }
+    for (const v of message.missingTargets) {
+      writer.uint32(146).string(v!);
+    }
+    for (const v of message.groupMembers) {
+      GroupMember.encode(v!, writer.uint32(154).fork()).join();
     }
     return writer;
   },
@@ -1692,6 +1770,30 @@ export const BackupCompleted: MessageFns<BackupCompleted> = {
             message.hostname = reader.string();
             continue;
           }
+          case 17: {
+            if (tag !== 136) {
+              break;
+            }
+
+            message.degraded = reader.bool();
+            continue;
+          }
+          case 18: {
+            if (tag !== 146) {
+              break;
+            }
+
+            message.missingTargets.push(reader.string());
+            continue;
+          }
+          case 19: {
+            if (tag !== 154) {
+              break;
+            }
+
+            message.groupMembers.push(GroupMember.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1762,6 +1864,17 @@ export const BackupCompleted: MessageFns<BackupCompleted> = {
         ? fromJsonTimestamp(object.snapshot_time)
         : undefined,
       hostname: isSet(object.hostname) ? globalThis.String(object.hostname) : "",
+      degraded: isSet(object.degraded) ? globalThis.Boolean(object.degraded) : false,
+      missingTargets: globalThis.Array.isArray(object?.missingTargets)
+        ? object.missingTargets.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.missing_targets)
+        ? object.missing_targets.map((e: any) => globalThis.String(e))
+        : [],
+      groupMembers: globalThis.Array.isArray(object?.groupMembers)
+        ? object.groupMembers.map((e: any) => GroupMember.fromJSON(e))
+        : globalThis.Array.isArray(object?.group_members)
+        ? object.group_members.map((e: any) => GroupMember.fromJSON(e))
+        : [],
     };
   },
 
@@ -1815,6 +1928,15 @@ export const BackupCompleted: MessageFns<BackupCompleted> = {
     if (message.hostname !== undefined) {
       obj.hostname = message.hostname;
     }
+    if (message.degraded !== undefined) {
+      obj.degraded = message.degraded;
+    }
+    if (message.missingTargets?.length) {
+      obj.missingTargets = message.missingTargets;
+    }
+    if (message.groupMembers?.length) {
+      obj.groupMembers = message.groupMembers.map((e) => GroupMember.toJSON(e));
+    }
     return obj;
   },
 
@@ -1841,6 +1963,242 @@ export const BackupCompleted: MessageFns<BackupCompleted> = {
     message.traceId = object.traceId ?? "";
     message.snapshotTime = object.snapshotTime ?? undefined;
     message.hostname = object.hostname ?? "";
+    message.degraded = object.degraded ?? false;
+    message.missingTargets = object.missingTargets?.map((e) => e) || [];
+    message.groupMembers = object.groupMembers?.map((e) => GroupMember.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseGroupMember(): GroupMember {
+  return { source: "", snapshotId: "", restoreOptions: {} };
+}
+
+export const GroupMember: MessageFns<GroupMember> = {
+  encode(message: GroupMember, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.source !== "") {
+      writer.uint32(10).string(message.source);
+    }
+    if (message.snapshotId !== "") {
+      writer.uint32(18).string(message.snapshotId);
+    }
+    globalThis.Object.entries(message.restoreOptions).forEach(([key, value]: [string, string]) => {
+      GroupMember_RestoreOptionsEntry.encode({ key: key as any, value }, writer.uint32(26).fork()).join();
+    });
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GroupMember {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGroupMember();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.source = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.snapshotId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            const entry3 = GroupMember_RestoreOptionsEntry.decode(reader, reader.uint32());
+            if (entry3.value !== undefined) {
+              message.restoreOptions[entry3.key] = entry3.value;
+            }
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GroupMember {
+    return {
+      source: isSet(object.source) ? globalThis.String(object.source) : "",
+      snapshotId: isSet(object.snapshotId)
+        ? globalThis.String(object.snapshotId)
+        : isSet(object.snapshot_id)
+        ? globalThis.String(object.snapshot_id)
+        : "",
+      restoreOptions: isObject(object.restoreOptions)
+        ? (globalThis.Object.entries(object.restoreOptions) as [string, any][]).reduce(
+          (acc: { [key: string]: string }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.String(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : isObject(object.restore_options)
+        ? (globalThis.Object.entries(object.restore_options) as [string, any][]).reduce(
+          (acc: { [key: string]: string }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.String(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
+    };
+  },
+
+  toJSON(message: GroupMember): unknown {
+    const obj: any = {};
+    if (message.source !== undefined) {
+      obj.source = message.source;
+    }
+    if (message.snapshotId !== undefined) {
+      obj.snapshotId = message.snapshotId;
+    }
+    if (message.restoreOptions) {
+      const entries = globalThis.Object.entries(message.restoreOptions) as [string, string][];
+      if (entries.length > 0) {
+        obj.restoreOptions = {};
+        entries.forEach(([k, v]) => {
+          obj.restoreOptions[k] = v;
+        });
+      }
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<GroupMember>): GroupMember {
+    return GroupMember.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<GroupMember>): GroupMember {
+    const message = createBaseGroupMember();
+    message.source = object.source ?? "";
+    message.snapshotId = object.snapshotId ?? "";
+    message.restoreOptions = (globalThis.Object.entries(object.restoreOptions ?? {}) as [string, string][]).reduce(
+      (acc: { [key: string]: string }, [key, value]: [string, string]) => {
+        if (value !== undefined) {
+          acc[key] = globalThis.String(value);
+        }
+        return acc;
+      },
+      {},
+    );
+    return message;
+  },
+};
+
+function createBaseGroupMember_RestoreOptionsEntry(): GroupMember_RestoreOptionsEntry {
+  return { key: "", value: "" };
+}
+
+export const GroupMember_RestoreOptionsEntry: MessageFns<GroupMember_RestoreOptionsEntry> = {
+  encode(message: GroupMember_RestoreOptionsEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== "") {
+      writer.uint32(18).string(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GroupMember_RestoreOptionsEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGroupMember_RestoreOptionsEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.value = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GroupMember_RestoreOptionsEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.String(object.value) : "",
+    };
+  },
+
+  toJSON(message: GroupMember_RestoreOptionsEntry): unknown {
+    const obj: any = {};
+    if (message.key !== undefined) {
+      obj.key = message.key;
+    }
+    if (message.value !== undefined) {
+      obj.value = message.value;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<GroupMember_RestoreOptionsEntry>): GroupMember_RestoreOptionsEntry {
+    return GroupMember_RestoreOptionsEntry.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<GroupMember_RestoreOptionsEntry>): GroupMember_RestoreOptionsEntry {
+    const message = createBaseGroupMember_RestoreOptionsEntry();
+    message.key = object.key ?? "";
+    message.value = object.value ?? "";
     return message;
   },
 };
@@ -2562,6 +2920,7 @@ function createBaseRestoreCompleted(): RestoreCompleted {
     startedAt: undefined,
     finishedAt: undefined,
     traceId: "",
+    details: "",
   };
 }
 
@@ -2614,6 +2973,9 @@ export const RestoreCompleted: MessageFns<RestoreCompleted> = {
     }
     if (message.traceId !== "") {
       writer.uint32(98).string(message.traceId);
+    }
+    if (message.details !== "") {
+      writer.uint32(106).string(message.details);
     }
     return writer;
   },
@@ -2727,6 +3089,14 @@ export const RestoreCompleted: MessageFns<RestoreCompleted> = {
             message.traceId = reader.string();
             continue;
           }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.details = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2773,6 +3143,7 @@ export const RestoreCompleted: MessageFns<RestoreCompleted> = {
         : isSet(object.trace_id)
         ? globalThis.String(object.trace_id)
         : "",
+      details: isSet(object.details) ? globalThis.String(object.details) : "",
     };
   },
 
@@ -2814,6 +3185,9 @@ export const RestoreCompleted: MessageFns<RestoreCompleted> = {
     if (message.traceId !== undefined) {
       obj.traceId = message.traceId;
     }
+    if (message.details !== undefined) {
+      obj.details = message.details;
+    }
     return obj;
   },
 
@@ -2834,6 +3208,7 @@ export const RestoreCompleted: MessageFns<RestoreCompleted> = {
     message.startedAt = object.startedAt ?? undefined;
     message.finishedAt = object.finishedAt ?? undefined;
     message.traceId = object.traceId ?? "";
+    message.details = object.details ?? "";
     return message;
   },
 };
@@ -3033,6 +3408,9 @@ function createBaseVerifyCompleted(): VerifyCompleted {
     startedAt: undefined,
     finishedAt: undefined,
     traceId: "",
+    check: "",
+    restoreId: "",
+    details: "",
   };
 }
 
@@ -3091,6 +3469,15 @@ export const VerifyCompleted: MessageFns<VerifyCompleted> = {
     }
     if (message.traceId !== "") {
       writer.uint32(114).string(message.traceId);
+    }
+    if (message.check !== "") {
+      writer.uint32(122).string(message.check);
+    }
+    if (message.restoreId !== "") {
+      writer.uint32(130).string(message.restoreId);
+    }
+    if (message.details !== "") {
+      writer.uint32(138).string(message.details);
     }
     return writer;
   },
@@ -3220,6 +3607,30 @@ export const VerifyCompleted: MessageFns<VerifyCompleted> = {
             message.traceId = reader.string();
             continue;
           }
+          case 15: {
+            if (tag !== 122) {
+              break;
+            }
+
+            message.check = reader.string();
+            continue;
+          }
+          case 16: {
+            if (tag !== 130) {
+              break;
+            }
+
+            message.restoreId = reader.string();
+            continue;
+          }
+          case 17: {
+            if (tag !== 138) {
+              break;
+            }
+
+            message.details = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3294,6 +3705,13 @@ export const VerifyCompleted: MessageFns<VerifyCompleted> = {
         : isSet(object.trace_id)
         ? globalThis.String(object.trace_id)
         : "",
+      check: isSet(object.check) ? globalThis.String(object.check) : "",
+      restoreId: isSet(object.restoreId)
+        ? globalThis.String(object.restoreId)
+        : isSet(object.restore_id)
+        ? globalThis.String(object.restore_id)
+        : "",
+      details: isSet(object.details) ? globalThis.String(object.details) : "",
     };
   },
 
@@ -3341,6 +3759,15 @@ export const VerifyCompleted: MessageFns<VerifyCompleted> = {
     if (message.traceId !== undefined) {
       obj.traceId = message.traceId;
     }
+    if (message.check !== undefined) {
+      obj.check = message.check;
+    }
+    if (message.restoreId !== undefined) {
+      obj.restoreId = message.restoreId;
+    }
+    if (message.details !== undefined) {
+      obj.details = message.details;
+    }
     return obj;
   },
 
@@ -3369,6 +3796,9 @@ export const VerifyCompleted: MessageFns<VerifyCompleted> = {
     message.startedAt = object.startedAt ?? undefined;
     message.finishedAt = object.finishedAt ?? undefined;
     message.traceId = object.traceId ?? "";
+    message.check = object.check ?? "";
+    message.restoreId = object.restoreId ?? "";
+    message.details = object.details ?? "";
     return message;
   },
 };
@@ -4290,6 +4720,343 @@ export const WalArchived: MessageFns<WalArchived> = {
     message.segment = object.segment ?? "";
     message.size = (object.size !== undefined && object.size !== null) ? BigInt(object.size) : 0n;
     message.archivedAt = object.archivedAt ?? undefined;
+    return message;
+  },
+};
+
+function createBaseDrillCompleted(): DrillCompleted {
+  return {
+    drillId: "",
+    repository: "",
+    jobId: "",
+    jobName: "",
+    snapshotId: "",
+    kind: "",
+    ok: false,
+    checks: [],
+    error: undefined,
+    requestedBy: "",
+    durationMs: 0n,
+    startedAt: undefined,
+    finishedAt: undefined,
+    traceId: "",
+  };
+}
+
+export const DrillCompleted: MessageFns<DrillCompleted> = {
+  encode(message: DrillCompleted, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.drillId !== "") {
+      writer.uint32(10).string(message.drillId);
+    }
+    if (message.repository !== "") {
+      writer.uint32(18).string(message.repository);
+    }
+    if (message.jobId !== "") {
+      writer.uint32(26).string(message.jobId);
+    }
+    if (message.jobName !== "") {
+      writer.uint32(34).string(message.jobName);
+    }
+    if (message.snapshotId !== "") {
+      writer.uint32(42).string(message.snapshotId);
+    }
+    if (message.kind !== "") {
+      writer.uint32(50).string(message.kind);
+    }
+    if (message.ok !== false) {
+      writer.uint32(56).bool(message.ok);
+    }
+    for (const v of message.checks) {
+      DrillCheck.encode(v!, writer.uint32(66).fork()).join();
+    }
+    if (message.error !== undefined) {
+      ErrorInfo.encode(message.error, writer.uint32(74).fork()).join();
+    }
+    if (message.requestedBy !== "") {
+      writer.uint32(82).string(message.requestedBy);
+    }
+    if (message.durationMs !== 0n) {
+      if (BigInt.asUintN(64, message.durationMs) !== message.durationMs) {
+        throw new globalThis.Error("value provided for field message.durationMs of type uint64 too large");
+      }
+      writer.uint32(88).uint64(message.durationMs);
+    }
+    if (message.startedAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.startedAt), writer.uint32(98).fork()).join();
+    }
+    if (message.finishedAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.finishedAt), writer.uint32(106).fork()).join();
+    }
+    if (message.traceId !== "") {
+      writer.uint32(114).string(message.traceId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DrillCompleted {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDrillCompleted();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.drillId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.repository = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.jobId = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.jobName = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.snapshotId = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.kind = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.ok = reader.bool();
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.checks.push(DrillCheck.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.error = ErrorInfo.decode(reader, reader.uint32());
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.requestedBy = reader.string();
+            continue;
+          }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.durationMs = reader.uint64() as bigint;
+            continue;
+          }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.startedAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.finishedAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 14: {
+            if (tag !== 114) {
+              break;
+            }
+
+            message.traceId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DrillCompleted {
+    return {
+      drillId: isSet(object.drillId)
+        ? globalThis.String(object.drillId)
+        : isSet(object.drill_id)
+        ? globalThis.String(object.drill_id)
+        : "",
+      repository: isSet(object.repository) ? globalThis.String(object.repository) : "",
+      jobId: isSet(object.jobId)
+        ? globalThis.String(object.jobId)
+        : isSet(object.job_id)
+        ? globalThis.String(object.job_id)
+        : "",
+      jobName: isSet(object.jobName)
+        ? globalThis.String(object.jobName)
+        : isSet(object.job_name)
+        ? globalThis.String(object.job_name)
+        : "",
+      snapshotId: isSet(object.snapshotId)
+        ? globalThis.String(object.snapshotId)
+        : isSet(object.snapshot_id)
+        ? globalThis.String(object.snapshot_id)
+        : "",
+      kind: isSet(object.kind) ? globalThis.String(object.kind) : "",
+      ok: isSet(object.ok) ? globalThis.Boolean(object.ok) : false,
+      checks: globalThis.Array.isArray(object?.checks)
+        ? object.checks.map((e: any) => DrillCheck.fromJSON(e))
+        : [],
+      error: isSet(object.error) ? ErrorInfo.fromJSON(object.error) : undefined,
+      requestedBy: isSet(object.requestedBy)
+        ? globalThis.String(object.requestedBy)
+        : isSet(object.requested_by)
+        ? globalThis.String(object.requested_by)
+        : "",
+      durationMs: isSet(object.durationMs)
+        ? BigInt(object.durationMs)
+        : isSet(object.duration_ms)
+        ? BigInt(object.duration_ms)
+        : 0n,
+      startedAt: isSet(object.startedAt)
+        ? fromJsonTimestamp(object.startedAt)
+        : isSet(object.started_at)
+        ? fromJsonTimestamp(object.started_at)
+        : undefined,
+      finishedAt: isSet(object.finishedAt)
+        ? fromJsonTimestamp(object.finishedAt)
+        : isSet(object.finished_at)
+        ? fromJsonTimestamp(object.finished_at)
+        : undefined,
+      traceId: isSet(object.traceId)
+        ? globalThis.String(object.traceId)
+        : isSet(object.trace_id)
+        ? globalThis.String(object.trace_id)
+        : "",
+    };
+  },
+
+  toJSON(message: DrillCompleted): unknown {
+    const obj: any = {};
+    if (message.drillId !== undefined) {
+      obj.drillId = message.drillId;
+    }
+    if (message.repository !== undefined) {
+      obj.repository = message.repository;
+    }
+    if (message.jobId !== undefined) {
+      obj.jobId = message.jobId;
+    }
+    if (message.jobName !== undefined) {
+      obj.jobName = message.jobName;
+    }
+    if (message.snapshotId !== undefined) {
+      obj.snapshotId = message.snapshotId;
+    }
+    if (message.kind !== undefined) {
+      obj.kind = message.kind;
+    }
+    if (message.ok !== undefined) {
+      obj.ok = message.ok;
+    }
+    if (message.checks?.length) {
+      obj.checks = message.checks.map((e) => DrillCheck.toJSON(e));
+    }
+    if (message.error !== undefined) {
+      obj.error = ErrorInfo.toJSON(message.error);
+    }
+    if (message.requestedBy !== undefined) {
+      obj.requestedBy = message.requestedBy;
+    }
+    if (message.durationMs !== undefined) {
+      obj.durationMs = message.durationMs.toString();
+    }
+    if (message.startedAt !== undefined) {
+      obj.startedAt = message.startedAt.toISOString();
+    }
+    if (message.finishedAt !== undefined) {
+      obj.finishedAt = message.finishedAt.toISOString();
+    }
+    if (message.traceId !== undefined) {
+      obj.traceId = message.traceId;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<DrillCompleted>): DrillCompleted {
+    return DrillCompleted.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<DrillCompleted>): DrillCompleted {
+    const message = createBaseDrillCompleted();
+    message.drillId = object.drillId ?? "";
+    message.repository = object.repository ?? "";
+    message.jobId = object.jobId ?? "";
+    message.jobName = object.jobName ?? "";
+    message.snapshotId = object.snapshotId ?? "";
+    message.kind = object.kind ?? "";
+    message.ok = object.ok ?? false;
+    message.checks = object.checks?.map((e) => DrillCheck.fromPartial(e)) || [];
+    message.error = (object.error !== undefined && object.error !== null)
+      ? ErrorInfo.fromPartial(object.error)
+      : undefined;
+    message.requestedBy = object.requestedBy ?? "";
+    message.durationMs = (object.durationMs !== undefined && object.durationMs !== null)
+      ? BigInt(object.durationMs)
+      : 0n;
+    message.startedAt = object.startedAt ?? undefined;
+    message.finishedAt = object.finishedAt ?? undefined;
+    message.traceId = object.traceId ?? "";
     return message;
   },
 };

@@ -12,13 +12,16 @@ import {
   Client,
   type ClientOptions,
   type ClientReadableStream,
+  type ClientUnaryCall,
   type handleServerStreamingCall,
+  type handleUnaryCall,
   makeGenericClientConstructor,
   type Metadata,
+  type ServiceError,
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
 import { Timestamp } from "../../google/protobuf/timestamp.js";
-import { VerifyProblem } from "./common.js";
+import { DrillCheck, ErrorInfo, VerifyProblem } from "./common.js";
 
 export const protobufPackage = "iotvault.v1";
 
@@ -36,9 +39,31 @@ export interface RestoreRequest {
   overwrite: boolean;
   /** Read every restored file back and compare its checksum with the snapshot's. */
   verify: boolean;
+  /**
+   * Restore symlinks whose target lies outside the target directory (e.g. absolute links of a
+   * system tree). Nothing is ever written through a symlink, with or without this.
+   */
+  allowExternalSymlinks: boolean;
+  /**
+   * A target that is not a directory, in the form of the snapshot's source: postgres://...
+   * (a database), kv:bucket, sparql+http://... ; when set, target_dir is ignored.
+   */
+  target: string;
+  /**
+   * Source-specific options (see docs/postgresql.md and docs/semantic.md), e.g. tables,
+   * create_database, recovery_target_time.
+   */
+  options: { [key: string]: string };
+}
+
+export interface RestoreRequest_OptionsEntry {
+  key: string;
+  value: string;
 }
 
 export interface RestoreResult {
+  /** Source-specific facts the restore checked (JSON object as text), e.g. row counts. */
+  details: string;
   restoreId: string;
   snapshotId: string;
   targetDir: string;
@@ -94,8 +119,140 @@ export interface VerifyResponse {
   message?: { $case: "progress"; value: OperationProgress } | { $case: "result"; value: VerifyResult } | undefined;
 }
 
+export interface DrillRequest {
+  repository: string;
+  /** The job whose newest snapshot is drilled (id, as recorded in the snapshots). */
+  jobId: string;
+  /** The job's name, for events and messages. */
+  jobName: string;
+  /** A snapshot id or a unique prefix; empty means the job's newest snapshot. */
+  snapshotId: string;
+  /** Who asked: "cli:<user>", "scheduler". */
+  requestedBy: string;
+  /** Keep the scratch target after the drill (for inspection); its location is in the result. */
+  keep: boolean;
+  /** Source-specific options (see docs/postgresql.md), e.g. rowcheck. */
+  options: { [key: string]: string };
+}
+
+export interface DrillRequest_OptionsEntry {
+  key: string;
+  value: string;
+}
+
+export interface DrillResult {
+  drillId: string;
+  repository: string;
+  jobId: string;
+  jobName: string;
+  snapshotId: string;
+  /** The source kind drilled, e.g. "postgres-logical", "postgres-physical". */
+  kind: string;
+  /** True when every check passed. */
+  ok: boolean;
+  checks: DrillCheck[];
+  /** Set when the drill could not complete (ok is then false). */
+  error?:
+    | ErrorInfo
+    | undefined;
+  /** Where the scratch target was (removed unless keep was set). */
+  scratch: string;
+  durationMs: bigint;
+  startedAt?: Date | undefined;
+  finishedAt?: Date | undefined;
+  traceId: string;
+}
+
+export interface DrillResponse {
+  message?: { $case: "progress"; value: OperationProgress } | { $case: "result"; value: DrillResult } | undefined;
+}
+
+export interface DiffRequest {
+  repository: string;
+  /** The older snapshot (id or unique prefix of at least 6 characters). */
+  snapshotA: string;
+  /** The newer snapshot. */
+  snapshotB: string;
+  /** Triples listed per changed graph in each sample (default 5, at most 100). */
+  sampleSize: number;
+  /** Files and graphs listed at most (default 1000); the counts are always complete. */
+  maxItems: number;
+}
+
+/** One graph that was added, removed or changed between the two snapshots. */
+export interface GraphDelta {
+  /** The graph: its IRI (SPARQL stores), or the file path plus " <IRI>" for a named graph of a file. */
+  graph: string;
+  /** The path of the file or graph data in the snapshot. */
+  path: string;
+  /** "added", "removed" or "changed". */
+  change: string;
+  triplesBefore: bigint;
+  triplesAfter: bigint;
+  /** Blank-node safe: triples of blank-node structures that differ count as removed and added. */
+  triplesAdded: bigint;
+  triplesRemoved: bigint;
+  /** RDFC-1.0 canonical hashes (hex SHA-256); empty for a side where the graph does not exist. */
+  hashBefore: string;
+  hashAfter: string;
+  /** A bounded sample of the triples added and removed, as N-Triples lines. */
+  sampleAdded: string[];
+  sampleRemoved: string[];
+}
+
+/** An ontology (owl:Ontology) that appeared, disappeared or changed its version. */
+export interface OntologyVersionChange {
+  graph: string;
+  ontology: string;
+  /** "added", "removed" or "changed". */
+  change: string;
+  versionIriBefore: string;
+  versionIriAfter: string;
+  versionInfoBefore: string;
+  versionInfoAfter: string;
+}
+
+/** One file (any kind of source) that was added, removed or changed. */
+export interface FileDelta {
+  path: string;
+  /** "added", "removed" or "changed". */
+  change: string;
+  sizeBefore: bigint;
+  sizeAfter: bigint;
+}
+
+export interface DiffResponse {
+  snapshotA: string;
+  snapshotB: string;
+  sourceA: string;
+  sourceB: string;
+  graphs: GraphDelta[];
+  graphsUnchanged: bigint;
+  triplesAdded: bigint;
+  triplesRemoved: bigint;
+  ontologyChanges: OntologyVersionChange[];
+  files: FileDelta[];
+  filesAdded: bigint;
+  filesRemoved: bigint;
+  filesChanged: bigint;
+  filesUnchanged: bigint;
+  /** True when the files or graphs lists were cut at max_items. */
+  truncated: boolean;
+  traceId: string;
+}
+
 function createBaseRestoreRequest(): RestoreRequest {
-  return { repository: "", snapshotId: "", targetDir: "", include: [], overwrite: false, verify: false };
+  return {
+    repository: "",
+    snapshotId: "",
+    targetDir: "",
+    include: [],
+    overwrite: false,
+    verify: false,
+    allowExternalSymlinks: false,
+    target: "",
+    options: {},
+  };
 }
 
 export const RestoreRequest: MessageFns<RestoreRequest> = {
@@ -118,6 +275,15 @@ export const RestoreRequest: MessageFns<RestoreRequest> = {
     if (message.verify !== false) {
       writer.uint32(48).bool(message.verify);
     }
+    if (message.allowExternalSymlinks !== false) {
+      writer.uint32(56).bool(message.allowExternalSymlinks);
+    }
+    if (message.target !== "") {
+      writer.uint32(66).string(message.target);
+    }
+    globalThis.Object.entries(message.options).forEach(([key, value]: [string, string]) => {
+      RestoreRequest_OptionsEntry.encode({ key: key as any, value }, writer.uint32(74).fork()).join();
+    });
     return writer;
   },
 
@@ -182,6 +348,33 @@ export const RestoreRequest: MessageFns<RestoreRequest> = {
             message.verify = reader.bool();
             continue;
           }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.allowExternalSymlinks = reader.bool();
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.target = reader.string();
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            const entry9 = RestoreRequest_OptionsEntry.decode(reader, reader.uint32());
+            if (entry9.value !== undefined) {
+              message.options[entry9.key] = entry9.value;
+            }
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -210,6 +403,26 @@ export const RestoreRequest: MessageFns<RestoreRequest> = {
       include: globalThis.Array.isArray(object?.include) ? object.include.map((e: any) => globalThis.String(e)) : [],
       overwrite: isSet(object.overwrite) ? globalThis.Boolean(object.overwrite) : false,
       verify: isSet(object.verify) ? globalThis.Boolean(object.verify) : false,
+      allowExternalSymlinks: isSet(object.allowExternalSymlinks)
+        ? globalThis.Boolean(object.allowExternalSymlinks)
+        : isSet(object.allow_external_symlinks)
+        ? globalThis.Boolean(object.allow_external_symlinks)
+        : false,
+      target: isSet(object.target) ? globalThis.String(object.target) : "",
+      options: isObject(object.options)
+        ? (globalThis.Object.entries(object.options) as [string, any][]).reduce(
+          (acc: { [key: string]: string }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.String(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
     };
   },
 
@@ -233,6 +446,21 @@ export const RestoreRequest: MessageFns<RestoreRequest> = {
     if (message.verify !== undefined) {
       obj.verify = message.verify;
     }
+    if (message.allowExternalSymlinks !== undefined) {
+      obj.allowExternalSymlinks = message.allowExternalSymlinks;
+    }
+    if (message.target !== undefined) {
+      obj.target = message.target;
+    }
+    if (message.options) {
+      const entries = globalThis.Object.entries(message.options) as [string, string][];
+      if (entries.length > 0) {
+        obj.options = {};
+        entries.forEach(([k, v]) => {
+          obj.options[k] = v;
+        });
+      }
+    }
     return obj;
   },
 
@@ -247,12 +475,109 @@ export const RestoreRequest: MessageFns<RestoreRequest> = {
     message.include = object.include?.map((e) => e) || [];
     message.overwrite = object.overwrite ?? false;
     message.verify = object.verify ?? false;
+    message.allowExternalSymlinks = object.allowExternalSymlinks ?? false;
+    message.target = object.target ?? "";
+    message.options = (globalThis.Object.entries(object.options ?? {}) as [string, string][]).reduce(
+      (acc: { [key: string]: string }, [key, value]: [string, string]) => {
+        if (value !== undefined) {
+          acc[key] = globalThis.String(value);
+        }
+        return acc;
+      },
+      {},
+    );
+    return message;
+  },
+};
+
+function createBaseRestoreRequest_OptionsEntry(): RestoreRequest_OptionsEntry {
+  return { key: "", value: "" };
+}
+
+export const RestoreRequest_OptionsEntry: MessageFns<RestoreRequest_OptionsEntry> = {
+  encode(message: RestoreRequest_OptionsEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== "") {
+      writer.uint32(18).string(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RestoreRequest_OptionsEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRestoreRequest_OptionsEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.value = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RestoreRequest_OptionsEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.String(object.value) : "",
+    };
+  },
+
+  toJSON(message: RestoreRequest_OptionsEntry): unknown {
+    const obj: any = {};
+    if (message.key !== undefined) {
+      obj.key = message.key;
+    }
+    if (message.value !== undefined) {
+      obj.value = message.value;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<RestoreRequest_OptionsEntry>): RestoreRequest_OptionsEntry {
+    return RestoreRequest_OptionsEntry.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RestoreRequest_OptionsEntry>): RestoreRequest_OptionsEntry {
+    const message = createBaseRestoreRequest_OptionsEntry();
+    message.key = object.key ?? "";
+    message.value = object.value ?? "";
     return message;
   },
 };
 
 function createBaseRestoreResult(): RestoreResult {
   return {
+    details: "",
     restoreId: "",
     snapshotId: "",
     targetDir: "",
@@ -268,6 +593,9 @@ function createBaseRestoreResult(): RestoreResult {
 
 export const RestoreResult: MessageFns<RestoreResult> = {
   encode(message: RestoreResult, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.details !== "") {
+      writer.uint32(90).string(message.details);
+    }
     if (message.restoreId !== "") {
       writer.uint32(10).string(message.restoreId);
     }
@@ -329,6 +657,14 @@ export const RestoreResult: MessageFns<RestoreResult> = {
       while (reader.pos < end) {
         const tag = reader.uint32();
         switch (tag >>> 3) {
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.details = reader.string();
+            continue;
+          }
           case 1: {
             if (tag !== 10) {
               break;
@@ -423,6 +759,7 @@ export const RestoreResult: MessageFns<RestoreResult> = {
 
   fromJSON(object: any): RestoreResult {
     return {
+      details: isSet(object.details) ? globalThis.String(object.details) : "",
       restoreId: isSet(object.restoreId)
         ? globalThis.String(object.restoreId)
         : isSet(object.restore_id)
@@ -458,6 +795,9 @@ export const RestoreResult: MessageFns<RestoreResult> = {
 
   toJSON(message: RestoreResult): unknown {
     const obj: any = {};
+    if (message.details !== undefined) {
+      obj.details = message.details;
+    }
     if (message.restoreId !== undefined) {
       obj.restoreId = message.restoreId;
     }
@@ -496,6 +836,7 @@ export const RestoreResult: MessageFns<RestoreResult> = {
   },
   fromPartial(object: DeepPartial<RestoreResult>): RestoreResult {
     const message = createBaseRestoreResult();
+    message.details = object.details ?? "";
     message.restoreId = object.restoreId ?? "";
     message.snapshotId = object.snapshotId ?? "";
     message.targetDir = object.targetDir ?? "";
@@ -1364,6 +1705,1915 @@ export const VerifyResponse: MessageFns<VerifyResponse> = {
   },
 };
 
+function createBaseDrillRequest(): DrillRequest {
+  return { repository: "", jobId: "", jobName: "", snapshotId: "", requestedBy: "", keep: false, options: {} };
+}
+
+export const DrillRequest: MessageFns<DrillRequest> = {
+  encode(message: DrillRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.repository !== "") {
+      writer.uint32(10).string(message.repository);
+    }
+    if (message.jobId !== "") {
+      writer.uint32(18).string(message.jobId);
+    }
+    if (message.jobName !== "") {
+      writer.uint32(26).string(message.jobName);
+    }
+    if (message.snapshotId !== "") {
+      writer.uint32(34).string(message.snapshotId);
+    }
+    if (message.requestedBy !== "") {
+      writer.uint32(42).string(message.requestedBy);
+    }
+    if (message.keep !== false) {
+      writer.uint32(48).bool(message.keep);
+    }
+    globalThis.Object.entries(message.options).forEach(([key, value]: [string, string]) => {
+      DrillRequest_OptionsEntry.encode({ key: key as any, value }, writer.uint32(58).fork()).join();
+    });
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DrillRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDrillRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.repository = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.jobId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.jobName = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.snapshotId = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.requestedBy = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.keep = reader.bool();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            const entry7 = DrillRequest_OptionsEntry.decode(reader, reader.uint32());
+            if (entry7.value !== undefined) {
+              message.options[entry7.key] = entry7.value;
+            }
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DrillRequest {
+    return {
+      repository: isSet(object.repository) ? globalThis.String(object.repository) : "",
+      jobId: isSet(object.jobId)
+        ? globalThis.String(object.jobId)
+        : isSet(object.job_id)
+        ? globalThis.String(object.job_id)
+        : "",
+      jobName: isSet(object.jobName)
+        ? globalThis.String(object.jobName)
+        : isSet(object.job_name)
+        ? globalThis.String(object.job_name)
+        : "",
+      snapshotId: isSet(object.snapshotId)
+        ? globalThis.String(object.snapshotId)
+        : isSet(object.snapshot_id)
+        ? globalThis.String(object.snapshot_id)
+        : "",
+      requestedBy: isSet(object.requestedBy)
+        ? globalThis.String(object.requestedBy)
+        : isSet(object.requested_by)
+        ? globalThis.String(object.requested_by)
+        : "",
+      keep: isSet(object.keep) ? globalThis.Boolean(object.keep) : false,
+      options: isObject(object.options)
+        ? (globalThis.Object.entries(object.options) as [string, any][]).reduce(
+          (acc: { [key: string]: string }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.String(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
+    };
+  },
+
+  toJSON(message: DrillRequest): unknown {
+    const obj: any = {};
+    if (message.repository !== undefined) {
+      obj.repository = message.repository;
+    }
+    if (message.jobId !== undefined) {
+      obj.jobId = message.jobId;
+    }
+    if (message.jobName !== undefined) {
+      obj.jobName = message.jobName;
+    }
+    if (message.snapshotId !== undefined) {
+      obj.snapshotId = message.snapshotId;
+    }
+    if (message.requestedBy !== undefined) {
+      obj.requestedBy = message.requestedBy;
+    }
+    if (message.keep !== undefined) {
+      obj.keep = message.keep;
+    }
+    if (message.options) {
+      const entries = globalThis.Object.entries(message.options) as [string, string][];
+      if (entries.length > 0) {
+        obj.options = {};
+        entries.forEach(([k, v]) => {
+          obj.options[k] = v;
+        });
+      }
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<DrillRequest>): DrillRequest {
+    return DrillRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<DrillRequest>): DrillRequest {
+    const message = createBaseDrillRequest();
+    message.repository = object.repository ?? "";
+    message.jobId = object.jobId ?? "";
+    message.jobName = object.jobName ?? "";
+    message.snapshotId = object.snapshotId ?? "";
+    message.requestedBy = object.requestedBy ?? "";
+    message.keep = object.keep ?? false;
+    message.options = (globalThis.Object.entries(object.options ?? {}) as [string, string][]).reduce(
+      (acc: { [key: string]: string }, [key, value]: [string, string]) => {
+        if (value !== undefined) {
+          acc[key] = globalThis.String(value);
+        }
+        return acc;
+      },
+      {},
+    );
+    return message;
+  },
+};
+
+function createBaseDrillRequest_OptionsEntry(): DrillRequest_OptionsEntry {
+  return { key: "", value: "" };
+}
+
+export const DrillRequest_OptionsEntry: MessageFns<DrillRequest_OptionsEntry> = {
+  encode(message: DrillRequest_OptionsEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== "") {
+      writer.uint32(18).string(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DrillRequest_OptionsEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDrillRequest_OptionsEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.value = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DrillRequest_OptionsEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.String(object.value) : "",
+    };
+  },
+
+  toJSON(message: DrillRequest_OptionsEntry): unknown {
+    const obj: any = {};
+    if (message.key !== undefined) {
+      obj.key = message.key;
+    }
+    if (message.value !== undefined) {
+      obj.value = message.value;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<DrillRequest_OptionsEntry>): DrillRequest_OptionsEntry {
+    return DrillRequest_OptionsEntry.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<DrillRequest_OptionsEntry>): DrillRequest_OptionsEntry {
+    const message = createBaseDrillRequest_OptionsEntry();
+    message.key = object.key ?? "";
+    message.value = object.value ?? "";
+    return message;
+  },
+};
+
+function createBaseDrillResult(): DrillResult {
+  return {
+    drillId: "",
+    repository: "",
+    jobId: "",
+    jobName: "",
+    snapshotId: "",
+    kind: "",
+    ok: false,
+    checks: [],
+    error: undefined,
+    scratch: "",
+    durationMs: 0n,
+    startedAt: undefined,
+    finishedAt: undefined,
+    traceId: "",
+  };
+}
+
+export const DrillResult: MessageFns<DrillResult> = {
+  encode(message: DrillResult, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.drillId !== "") {
+      writer.uint32(10).string(message.drillId);
+    }
+    if (message.repository !== "") {
+      writer.uint32(18).string(message.repository);
+    }
+    if (message.jobId !== "") {
+      writer.uint32(26).string(message.jobId);
+    }
+    if (message.jobName !== "") {
+      writer.uint32(34).string(message.jobName);
+    }
+    if (message.snapshotId !== "") {
+      writer.uint32(42).string(message.snapshotId);
+    }
+    if (message.kind !== "") {
+      writer.uint32(50).string(message.kind);
+    }
+    if (message.ok !== false) {
+      writer.uint32(56).bool(message.ok);
+    }
+    for (const v of message.checks) {
+      DrillCheck.encode(v!, writer.uint32(66).fork()).join();
+    }
+    if (message.error !== undefined) {
+      ErrorInfo.encode(message.error, writer.uint32(74).fork()).join();
+    }
+    if (message.scratch !== "") {
+      writer.uint32(82).string(message.scratch);
+    }
+    if (message.durationMs !== 0n) {
+      if (BigInt.asUintN(64, message.durationMs) !== message.durationMs) {
+        throw new globalThis.Error("value provided for field message.durationMs of type uint64 too large");
+      }
+      writer.uint32(88).uint64(message.durationMs);
+    }
+    if (message.startedAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.startedAt), writer.uint32(98).fork()).join();
+    }
+    if (message.finishedAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.finishedAt), writer.uint32(106).fork()).join();
+    }
+    if (message.traceId !== "") {
+      writer.uint32(114).string(message.traceId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DrillResult {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDrillResult();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.drillId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.repository = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.jobId = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.jobName = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.snapshotId = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.kind = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.ok = reader.bool();
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.checks.push(DrillCheck.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.error = ErrorInfo.decode(reader, reader.uint32());
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.scratch = reader.string();
+            continue;
+          }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.durationMs = reader.uint64() as bigint;
+            continue;
+          }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.startedAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.finishedAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 14: {
+            if (tag !== 114) {
+              break;
+            }
+
+            message.traceId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DrillResult {
+    return {
+      drillId: isSet(object.drillId)
+        ? globalThis.String(object.drillId)
+        : isSet(object.drill_id)
+        ? globalThis.String(object.drill_id)
+        : "",
+      repository: isSet(object.repository) ? globalThis.String(object.repository) : "",
+      jobId: isSet(object.jobId)
+        ? globalThis.String(object.jobId)
+        : isSet(object.job_id)
+        ? globalThis.String(object.job_id)
+        : "",
+      jobName: isSet(object.jobName)
+        ? globalThis.String(object.jobName)
+        : isSet(object.job_name)
+        ? globalThis.String(object.job_name)
+        : "",
+      snapshotId: isSet(object.snapshotId)
+        ? globalThis.String(object.snapshotId)
+        : isSet(object.snapshot_id)
+        ? globalThis.String(object.snapshot_id)
+        : "",
+      kind: isSet(object.kind) ? globalThis.String(object.kind) : "",
+      ok: isSet(object.ok) ? globalThis.Boolean(object.ok) : false,
+      checks: globalThis.Array.isArray(object?.checks)
+        ? object.checks.map((e: any) => DrillCheck.fromJSON(e))
+        : [],
+      error: isSet(object.error) ? ErrorInfo.fromJSON(object.error) : undefined,
+      scratch: isSet(object.scratch) ? globalThis.String(object.scratch) : "",
+      durationMs: isSet(object.durationMs)
+        ? BigInt(object.durationMs)
+        : isSet(object.duration_ms)
+        ? BigInt(object.duration_ms)
+        : 0n,
+      startedAt: isSet(object.startedAt)
+        ? fromJsonTimestamp(object.startedAt)
+        : isSet(object.started_at)
+        ? fromJsonTimestamp(object.started_at)
+        : undefined,
+      finishedAt: isSet(object.finishedAt)
+        ? fromJsonTimestamp(object.finishedAt)
+        : isSet(object.finished_at)
+        ? fromJsonTimestamp(object.finished_at)
+        : undefined,
+      traceId: isSet(object.traceId)
+        ? globalThis.String(object.traceId)
+        : isSet(object.trace_id)
+        ? globalThis.String(object.trace_id)
+        : "",
+    };
+  },
+
+  toJSON(message: DrillResult): unknown {
+    const obj: any = {};
+    if (message.drillId !== undefined) {
+      obj.drillId = message.drillId;
+    }
+    if (message.repository !== undefined) {
+      obj.repository = message.repository;
+    }
+    if (message.jobId !== undefined) {
+      obj.jobId = message.jobId;
+    }
+    if (message.jobName !== undefined) {
+      obj.jobName = message.jobName;
+    }
+    if (message.snapshotId !== undefined) {
+      obj.snapshotId = message.snapshotId;
+    }
+    if (message.kind !== undefined) {
+      obj.kind = message.kind;
+    }
+    if (message.ok !== undefined) {
+      obj.ok = message.ok;
+    }
+    if (message.checks?.length) {
+      obj.checks = message.checks.map((e) => DrillCheck.toJSON(e));
+    }
+    if (message.error !== undefined) {
+      obj.error = ErrorInfo.toJSON(message.error);
+    }
+    if (message.scratch !== undefined) {
+      obj.scratch = message.scratch;
+    }
+    if (message.durationMs !== undefined) {
+      obj.durationMs = message.durationMs.toString();
+    }
+    if (message.startedAt !== undefined) {
+      obj.startedAt = message.startedAt.toISOString();
+    }
+    if (message.finishedAt !== undefined) {
+      obj.finishedAt = message.finishedAt.toISOString();
+    }
+    if (message.traceId !== undefined) {
+      obj.traceId = message.traceId;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<DrillResult>): DrillResult {
+    return DrillResult.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<DrillResult>): DrillResult {
+    const message = createBaseDrillResult();
+    message.drillId = object.drillId ?? "";
+    message.repository = object.repository ?? "";
+    message.jobId = object.jobId ?? "";
+    message.jobName = object.jobName ?? "";
+    message.snapshotId = object.snapshotId ?? "";
+    message.kind = object.kind ?? "";
+    message.ok = object.ok ?? false;
+    message.checks = object.checks?.map((e) => DrillCheck.fromPartial(e)) || [];
+    message.error = (object.error !== undefined && object.error !== null)
+      ? ErrorInfo.fromPartial(object.error)
+      : undefined;
+    message.scratch = object.scratch ?? "";
+    message.durationMs = (object.durationMs !== undefined && object.durationMs !== null)
+      ? BigInt(object.durationMs)
+      : 0n;
+    message.startedAt = object.startedAt ?? undefined;
+    message.finishedAt = object.finishedAt ?? undefined;
+    message.traceId = object.traceId ?? "";
+    return message;
+  },
+};
+
+function createBaseDrillResponse(): DrillResponse {
+  return { message: undefined };
+}
+
+export const DrillResponse: MessageFns<DrillResponse> = {
+  encode(message: DrillResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    switch (message.message?.$case) {
+      case "progress":
+        OperationProgress.encode(message.message.value, writer.uint32(10).fork()).join();
+        break;
+      case "result":
+        DrillResult.encode(message.message.value, writer.uint32(18).fork()).join();
+        break;
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DrillResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDrillResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.message = { $case: "progress", value: OperationProgress.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.message = { $case: "result", value: DrillResult.decode(reader, reader.uint32()) };
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DrillResponse {
+    return {
+      message: isSet(object.progress)
+        ? { $case: "progress", value: OperationProgress.fromJSON(object.progress) }
+        : isSet(object.result)
+        ? { $case: "result", value: DrillResult.fromJSON(object.result) }
+        : undefined,
+    };
+  },
+
+  toJSON(message: DrillResponse): unknown {
+    const obj: any = {};
+    if (message.message?.$case === "progress") {
+      obj.progress = OperationProgress.toJSON(message.message.value);
+    } else if (message.message?.$case === "result") {
+      obj.result = DrillResult.toJSON(message.message.value);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<DrillResponse>): DrillResponse {
+    return DrillResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<DrillResponse>): DrillResponse {
+    const message = createBaseDrillResponse();
+    switch (object.message?.$case) {
+      case "progress": {
+        if (object.message?.value !== undefined && object.message?.value !== null) {
+          message.message = { $case: "progress", value: OperationProgress.fromPartial(object.message.value) };
+        }
+        break;
+      }
+      case "result": {
+        if (object.message?.value !== undefined && object.message?.value !== null) {
+          message.message = { $case: "result", value: DrillResult.fromPartial(object.message.value) };
+        }
+        break;
+      }
+    }
+    return message;
+  },
+};
+
+function createBaseDiffRequest(): DiffRequest {
+  return { repository: "", snapshotA: "", snapshotB: "", sampleSize: 0, maxItems: 0 };
+}
+
+export const DiffRequest: MessageFns<DiffRequest> = {
+  encode(message: DiffRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.repository !== "") {
+      writer.uint32(10).string(message.repository);
+    }
+    if (message.snapshotA !== "") {
+      writer.uint32(18).string(message.snapshotA);
+    }
+    if (message.snapshotB !== "") {
+      writer.uint32(26).string(message.snapshotB);
+    }
+    if (message.sampleSize !== 0) {
+      writer.uint32(32).uint32(message.sampleSize);
+    }
+    if (message.maxItems !== 0) {
+      writer.uint32(40).uint32(message.maxItems);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DiffRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDiffRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.repository = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.snapshotA = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.snapshotB = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.sampleSize = reader.uint32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.maxItems = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DiffRequest {
+    return {
+      repository: isSet(object.repository) ? globalThis.String(object.repository) : "",
+      snapshotA: isSet(object.snapshotA)
+        ? globalThis.String(object.snapshotA)
+        : isSet(object.snapshot_a)
+        ? globalThis.String(object.snapshot_a)
+        : "",
+      snapshotB: isSet(object.snapshotB)
+        ? globalThis.String(object.snapshotB)
+        : isSet(object.snapshot_b)
+        ? globalThis.String(object.snapshot_b)
+        : "",
+      sampleSize: isSet(object.sampleSize)
+        ? globalThis.Number(object.sampleSize)
+        : isSet(object.sample_size)
+        ? globalThis.Number(object.sample_size)
+        : 0,
+      maxItems: isSet(object.maxItems)
+        ? globalThis.Number(object.maxItems)
+        : isSet(object.max_items)
+        ? globalThis.Number(object.max_items)
+        : 0,
+    };
+  },
+
+  toJSON(message: DiffRequest): unknown {
+    const obj: any = {};
+    if (message.repository !== undefined) {
+      obj.repository = message.repository;
+    }
+    if (message.snapshotA !== undefined) {
+      obj.snapshotA = message.snapshotA;
+    }
+    if (message.snapshotB !== undefined) {
+      obj.snapshotB = message.snapshotB;
+    }
+    if (message.sampleSize !== undefined) {
+      obj.sampleSize = Math.round(message.sampleSize);
+    }
+    if (message.maxItems !== undefined) {
+      obj.maxItems = Math.round(message.maxItems);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<DiffRequest>): DiffRequest {
+    return DiffRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<DiffRequest>): DiffRequest {
+    const message = createBaseDiffRequest();
+    message.repository = object.repository ?? "";
+    message.snapshotA = object.snapshotA ?? "";
+    message.snapshotB = object.snapshotB ?? "";
+    message.sampleSize = object.sampleSize ?? 0;
+    message.maxItems = object.maxItems ?? 0;
+    return message;
+  },
+};
+
+function createBaseGraphDelta(): GraphDelta {
+  return {
+    graph: "",
+    path: "",
+    change: "",
+    triplesBefore: 0n,
+    triplesAfter: 0n,
+    triplesAdded: 0n,
+    triplesRemoved: 0n,
+    hashBefore: "",
+    hashAfter: "",
+    sampleAdded: [],
+    sampleRemoved: [],
+  };
+}
+
+export const GraphDelta: MessageFns<GraphDelta> = {
+  encode(message: GraphDelta, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.graph !== "") {
+      writer.uint32(10).string(message.graph);
+    }
+    if (message.path !== "") {
+      writer.uint32(18).string(message.path);
+    }
+    if (message.change !== "") {
+      writer.uint32(26).string(message.change);
+    }
+    if (message.triplesBefore !== 0n) {
+      if (BigInt.asUintN(64, message.triplesBefore) !== message.triplesBefore) {
+        throw new globalThis.Error("value provided for field message.triplesBefore of type uint64 too large");
+      }
+      writer.uint32(32).uint64(message.triplesBefore);
+    }
+    if (message.triplesAfter !== 0n) {
+      if (BigInt.asUintN(64, message.triplesAfter) !== message.triplesAfter) {
+        throw new globalThis.Error("value provided for field message.triplesAfter of type uint64 too large");
+      }
+      writer.uint32(40).uint64(message.triplesAfter);
+    }
+    if (message.triplesAdded !== 0n) {
+      if (BigInt.asUintN(64, message.triplesAdded) !== message.triplesAdded) {
+        throw new globalThis.Error("value provided for field message.triplesAdded of type uint64 too large");
+      }
+      writer.uint32(48).uint64(message.triplesAdded);
+    }
+    if (message.triplesRemoved !== 0n) {
+      if (BigInt.asUintN(64, message.triplesRemoved) !== message.triplesRemoved) {
+        throw new globalThis.Error("value provided for field message.triplesRemoved of type uint64 too large");
+      }
+      writer.uint32(56).uint64(message.triplesRemoved);
+    }
+    if (message.hashBefore !== "") {
+      writer.uint32(66).string(message.hashBefore);
+    }
+    if (message.hashAfter !== "") {
+      writer.uint32(74).string(message.hashAfter);
+    }
+    for (const v of message.sampleAdded) {
+      writer.uint32(82).string(v!);
+    }
+    for (const v of message.sampleRemoved) {
+      writer.uint32(90).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GraphDelta {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGraphDelta();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.graph = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.path = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.change = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.triplesBefore = reader.uint64() as bigint;
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.triplesAfter = reader.uint64() as bigint;
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.triplesAdded = reader.uint64() as bigint;
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.triplesRemoved = reader.uint64() as bigint;
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.hashBefore = reader.string();
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.hashAfter = reader.string();
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.sampleAdded.push(reader.string());
+            continue;
+          }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.sampleRemoved.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GraphDelta {
+    return {
+      graph: isSet(object.graph) ? globalThis.String(object.graph) : "",
+      path: isSet(object.path) ? globalThis.String(object.path) : "",
+      change: isSet(object.change) ? globalThis.String(object.change) : "",
+      triplesBefore: isSet(object.triplesBefore)
+        ? BigInt(object.triplesBefore)
+        : isSet(object.triples_before)
+        ? BigInt(object.triples_before)
+        : 0n,
+      triplesAfter: isSet(object.triplesAfter)
+        ? BigInt(object.triplesAfter)
+        : isSet(object.triples_after)
+        ? BigInt(object.triples_after)
+        : 0n,
+      triplesAdded: isSet(object.triplesAdded)
+        ? BigInt(object.triplesAdded)
+        : isSet(object.triples_added)
+        ? BigInt(object.triples_added)
+        : 0n,
+      triplesRemoved: isSet(object.triplesRemoved)
+        ? BigInt(object.triplesRemoved)
+        : isSet(object.triples_removed)
+        ? BigInt(object.triples_removed)
+        : 0n,
+      hashBefore: isSet(object.hashBefore)
+        ? globalThis.String(object.hashBefore)
+        : isSet(object.hash_before)
+        ? globalThis.String(object.hash_before)
+        : "",
+      hashAfter: isSet(object.hashAfter)
+        ? globalThis.String(object.hashAfter)
+        : isSet(object.hash_after)
+        ? globalThis.String(object.hash_after)
+        : "",
+      sampleAdded: globalThis.Array.isArray(object?.sampleAdded)
+        ? object.sampleAdded.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.sample_added)
+        ? object.sample_added.map((e: any) => globalThis.String(e))
+        : [],
+      sampleRemoved: globalThis.Array.isArray(object?.sampleRemoved)
+        ? object.sampleRemoved.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.sample_removed)
+        ? object.sample_removed.map((e: any) => globalThis.String(e))
+        : [],
+    };
+  },
+
+  toJSON(message: GraphDelta): unknown {
+    const obj: any = {};
+    if (message.graph !== undefined) {
+      obj.graph = message.graph;
+    }
+    if (message.path !== undefined) {
+      obj.path = message.path;
+    }
+    if (message.change !== undefined) {
+      obj.change = message.change;
+    }
+    if (message.triplesBefore !== undefined) {
+      obj.triplesBefore = message.triplesBefore.toString();
+    }
+    if (message.triplesAfter !== undefined) {
+      obj.triplesAfter = message.triplesAfter.toString();
+    }
+    if (message.triplesAdded !== undefined) {
+      obj.triplesAdded = message.triplesAdded.toString();
+    }
+    if (message.triplesRemoved !== undefined) {
+      obj.triplesRemoved = message.triplesRemoved.toString();
+    }
+    if (message.hashBefore !== undefined) {
+      obj.hashBefore = message.hashBefore;
+    }
+    if (message.hashAfter !== undefined) {
+      obj.hashAfter = message.hashAfter;
+    }
+    if (message.sampleAdded?.length) {
+      obj.sampleAdded = message.sampleAdded;
+    }
+    if (message.sampleRemoved?.length) {
+      obj.sampleRemoved = message.sampleRemoved;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<GraphDelta>): GraphDelta {
+    return GraphDelta.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<GraphDelta>): GraphDelta {
+    const message = createBaseGraphDelta();
+    message.graph = object.graph ?? "";
+    message.path = object.path ?? "";
+    message.change = object.change ?? "";
+    message.triplesBefore = (object.triplesBefore !== undefined && object.triplesBefore !== null)
+      ? BigInt(object.triplesBefore)
+      : 0n;
+    message.triplesAfter = (object.triplesAfter !== undefined && object.triplesAfter !== null)
+      ? BigInt(object.triplesAfter)
+      : 0n;
+    message.triplesAdded = (object.triplesAdded !== undefined && object.triplesAdded !== null)
+      ? BigInt(object.triplesAdded)
+      : 0n;
+    message.triplesRemoved = (object.triplesRemoved !== undefined && object.triplesRemoved !== null)
+      ? BigInt(object.triplesRemoved)
+      : 0n;
+    message.hashBefore = object.hashBefore ?? "";
+    message.hashAfter = object.hashAfter ?? "";
+    message.sampleAdded = object.sampleAdded?.map((e) => e) || [];
+    message.sampleRemoved = object.sampleRemoved?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseOntologyVersionChange(): OntologyVersionChange {
+  return {
+    graph: "",
+    ontology: "",
+    change: "",
+    versionIriBefore: "",
+    versionIriAfter: "",
+    versionInfoBefore: "",
+    versionInfoAfter: "",
+  };
+}
+
+export const OntologyVersionChange: MessageFns<OntologyVersionChange> = {
+  encode(message: OntologyVersionChange, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.graph !== "") {
+      writer.uint32(10).string(message.graph);
+    }
+    if (message.ontology !== "") {
+      writer.uint32(18).string(message.ontology);
+    }
+    if (message.change !== "") {
+      writer.uint32(26).string(message.change);
+    }
+    if (message.versionIriBefore !== "") {
+      writer.uint32(34).string(message.versionIriBefore);
+    }
+    if (message.versionIriAfter !== "") {
+      writer.uint32(42).string(message.versionIriAfter);
+    }
+    if (message.versionInfoBefore !== "") {
+      writer.uint32(50).string(message.versionInfoBefore);
+    }
+    if (message.versionInfoAfter !== "") {
+      writer.uint32(58).string(message.versionInfoAfter);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): OntologyVersionChange {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseOntologyVersionChange();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.graph = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.ontology = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.change = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.versionIriBefore = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.versionIriAfter = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.versionInfoBefore = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.versionInfoAfter = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): OntologyVersionChange {
+    return {
+      graph: isSet(object.graph) ? globalThis.String(object.graph) : "",
+      ontology: isSet(object.ontology) ? globalThis.String(object.ontology) : "",
+      change: isSet(object.change) ? globalThis.String(object.change) : "",
+      versionIriBefore: isSet(object.versionIriBefore)
+        ? globalThis.String(object.versionIriBefore)
+        : isSet(object.version_iri_before)
+        ? globalThis.String(object.version_iri_before)
+        : "",
+      versionIriAfter: isSet(object.versionIriAfter)
+        ? globalThis.String(object.versionIriAfter)
+        : isSet(object.version_iri_after)
+        ? globalThis.String(object.version_iri_after)
+        : "",
+      versionInfoBefore: isSet(object.versionInfoBefore)
+        ? globalThis.String(object.versionInfoBefore)
+        : isSet(object.version_info_before)
+        ? globalThis.String(object.version_info_before)
+        : "",
+      versionInfoAfter: isSet(object.versionInfoAfter)
+        ? globalThis.String(object.versionInfoAfter)
+        : isSet(object.version_info_after)
+        ? globalThis.String(object.version_info_after)
+        : "",
+    };
+  },
+
+  toJSON(message: OntologyVersionChange): unknown {
+    const obj: any = {};
+    if (message.graph !== undefined) {
+      obj.graph = message.graph;
+    }
+    if (message.ontology !== undefined) {
+      obj.ontology = message.ontology;
+    }
+    if (message.change !== undefined) {
+      obj.change = message.change;
+    }
+    if (message.versionIriBefore !== undefined) {
+      obj.versionIriBefore = message.versionIriBefore;
+    }
+    if (message.versionIriAfter !== undefined) {
+      obj.versionIriAfter = message.versionIriAfter;
+    }
+    if (message.versionInfoBefore !== undefined) {
+      obj.versionInfoBefore = message.versionInfoBefore;
+    }
+    if (message.versionInfoAfter !== undefined) {
+      obj.versionInfoAfter = message.versionInfoAfter;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<OntologyVersionChange>): OntologyVersionChange {
+    return OntologyVersionChange.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<OntologyVersionChange>): OntologyVersionChange {
+    const message = createBaseOntologyVersionChange();
+    message.graph = object.graph ?? "";
+    message.ontology = object.ontology ?? "";
+    message.change = object.change ?? "";
+    message.versionIriBefore = object.versionIriBefore ?? "";
+    message.versionIriAfter = object.versionIriAfter ?? "";
+    message.versionInfoBefore = object.versionInfoBefore ?? "";
+    message.versionInfoAfter = object.versionInfoAfter ?? "";
+    return message;
+  },
+};
+
+function createBaseFileDelta(): FileDelta {
+  return { path: "", change: "", sizeBefore: 0n, sizeAfter: 0n };
+}
+
+export const FileDelta: MessageFns<FileDelta> = {
+  encode(message: FileDelta, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.path !== "") {
+      writer.uint32(10).string(message.path);
+    }
+    if (message.change !== "") {
+      writer.uint32(18).string(message.change);
+    }
+    if (message.sizeBefore !== 0n) {
+      if (BigInt.asUintN(64, message.sizeBefore) !== message.sizeBefore) {
+        throw new globalThis.Error("value provided for field message.sizeBefore of type uint64 too large");
+      }
+      writer.uint32(24).uint64(message.sizeBefore);
+    }
+    if (message.sizeAfter !== 0n) {
+      if (BigInt.asUintN(64, message.sizeAfter) !== message.sizeAfter) {
+        throw new globalThis.Error("value provided for field message.sizeAfter of type uint64 too large");
+      }
+      writer.uint32(32).uint64(message.sizeAfter);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FileDelta {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFileDelta();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.path = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.change = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.sizeBefore = reader.uint64() as bigint;
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.sizeAfter = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FileDelta {
+    return {
+      path: isSet(object.path) ? globalThis.String(object.path) : "",
+      change: isSet(object.change) ? globalThis.String(object.change) : "",
+      sizeBefore: isSet(object.sizeBefore)
+        ? BigInt(object.sizeBefore)
+        : isSet(object.size_before)
+        ? BigInt(object.size_before)
+        : 0n,
+      sizeAfter: isSet(object.sizeAfter)
+        ? BigInt(object.sizeAfter)
+        : isSet(object.size_after)
+        ? BigInt(object.size_after)
+        : 0n,
+    };
+  },
+
+  toJSON(message: FileDelta): unknown {
+    const obj: any = {};
+    if (message.path !== undefined) {
+      obj.path = message.path;
+    }
+    if (message.change !== undefined) {
+      obj.change = message.change;
+    }
+    if (message.sizeBefore !== undefined) {
+      obj.sizeBefore = message.sizeBefore.toString();
+    }
+    if (message.sizeAfter !== undefined) {
+      obj.sizeAfter = message.sizeAfter.toString();
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<FileDelta>): FileDelta {
+    return FileDelta.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<FileDelta>): FileDelta {
+    const message = createBaseFileDelta();
+    message.path = object.path ?? "";
+    message.change = object.change ?? "";
+    message.sizeBefore = (object.sizeBefore !== undefined && object.sizeBefore !== null)
+      ? BigInt(object.sizeBefore)
+      : 0n;
+    message.sizeAfter = (object.sizeAfter !== undefined && object.sizeAfter !== null) ? BigInt(object.sizeAfter) : 0n;
+    return message;
+  },
+};
+
+function createBaseDiffResponse(): DiffResponse {
+  return {
+    snapshotA: "",
+    snapshotB: "",
+    sourceA: "",
+    sourceB: "",
+    graphs: [],
+    graphsUnchanged: 0n,
+    triplesAdded: 0n,
+    triplesRemoved: 0n,
+    ontologyChanges: [],
+    files: [],
+    filesAdded: 0n,
+    filesRemoved: 0n,
+    filesChanged: 0n,
+    filesUnchanged: 0n,
+    truncated: false,
+    traceId: "",
+  };
+}
+
+export const DiffResponse: MessageFns<DiffResponse> = {
+  encode(message: DiffResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.snapshotA !== "") {
+      writer.uint32(10).string(message.snapshotA);
+    }
+    if (message.snapshotB !== "") {
+      writer.uint32(18).string(message.snapshotB);
+    }
+    if (message.sourceA !== "") {
+      writer.uint32(26).string(message.sourceA);
+    }
+    if (message.sourceB !== "") {
+      writer.uint32(34).string(message.sourceB);
+    }
+    for (const v of message.graphs) {
+      GraphDelta.encode(v!, writer.uint32(42).fork()).join();
+    }
+    if (message.graphsUnchanged !== 0n) {
+      if (BigInt.asUintN(64, message.graphsUnchanged) !== message.graphsUnchanged) {
+        throw new globalThis.Error("value provided for field message.graphsUnchanged of type uint64 too large");
+      }
+      writer.uint32(48).uint64(message.graphsUnchanged);
+    }
+    if (message.triplesAdded !== 0n) {
+      if (BigInt.asUintN(64, message.triplesAdded) !== message.triplesAdded) {
+        throw new globalThis.Error("value provided for field message.triplesAdded of type uint64 too large");
+      }
+      writer.uint32(56).uint64(message.triplesAdded);
+    }
+    if (message.triplesRemoved !== 0n) {
+      if (BigInt.asUintN(64, message.triplesRemoved) !== message.triplesRemoved) {
+        throw new globalThis.Error("value provided for field message.triplesRemoved of type uint64 too large");
+      }
+      writer.uint32(64).uint64(message.triplesRemoved);
+    }
+    for (const v of message.ontologyChanges) {
+      OntologyVersionChange.encode(v!, writer.uint32(74).fork()).join();
+    }
+    for (const v of message.files) {
+      FileDelta.encode(v!, writer.uint32(82).fork()).join();
+    }
+    if (message.filesAdded !== 0n) {
+      if (BigInt.asUintN(64, message.filesAdded) !== message.filesAdded) {
+        throw new globalThis.Error("value provided for field message.filesAdded of type uint64 too large");
+      }
+      writer.uint32(88).uint64(message.filesAdded);
+    }
+    if (message.filesRemoved !== 0n) {
+      if (BigInt.asUintN(64, message.filesRemoved) !== message.filesRemoved) {
+        throw new globalThis.Error("value provided for field message.filesRemoved of type uint64 too large");
+      }
+      writer.uint32(96).uint64(message.filesRemoved);
+    }
+    if (message.filesChanged !== 0n) {
+      if (BigInt.asUintN(64, message.filesChanged) !== message.filesChanged) {
+        throw new globalThis.Error("value provided for field message.filesChanged of type uint64 too large");
+      }
+      writer.uint32(104).uint64(message.filesChanged);
+    }
+    if (message.filesUnchanged !== 0n) {
+      if (BigInt.asUintN(64, message.filesUnchanged) !== message.filesUnchanged) {
+        throw new globalThis.Error("value provided for field message.filesUnchanged of type uint64 too large");
+      }
+      writer.uint32(112).uint64(message.filesUnchanged);
+    }
+    if (message.truncated !== false) {
+      writer.uint32(120).bool(message.truncated);
+    }
+    if (message.traceId !== "") {
+      writer.uint32(130).string(message.traceId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DiffResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDiffResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.snapshotA = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.snapshotB = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.sourceA = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.sourceB = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.graphs.push(GraphDelta.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.graphsUnchanged = reader.uint64() as bigint;
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.triplesAdded = reader.uint64() as bigint;
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.triplesRemoved = reader.uint64() as bigint;
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.ontologyChanges.push(OntologyVersionChange.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.files.push(FileDelta.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.filesAdded = reader.uint64() as bigint;
+            continue;
+          }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.filesRemoved = reader.uint64() as bigint;
+            continue;
+          }
+          case 13: {
+            if (tag !== 104) {
+              break;
+            }
+
+            message.filesChanged = reader.uint64() as bigint;
+            continue;
+          }
+          case 14: {
+            if (tag !== 112) {
+              break;
+            }
+
+            message.filesUnchanged = reader.uint64() as bigint;
+            continue;
+          }
+          case 15: {
+            if (tag !== 120) {
+              break;
+            }
+
+            message.truncated = reader.bool();
+            continue;
+          }
+          case 16: {
+            if (tag !== 130) {
+              break;
+            }
+
+            message.traceId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DiffResponse {
+    return {
+      snapshotA: isSet(object.snapshotA)
+        ? globalThis.String(object.snapshotA)
+        : isSet(object.snapshot_a)
+        ? globalThis.String(object.snapshot_a)
+        : "",
+      snapshotB: isSet(object.snapshotB)
+        ? globalThis.String(object.snapshotB)
+        : isSet(object.snapshot_b)
+        ? globalThis.String(object.snapshot_b)
+        : "",
+      sourceA: isSet(object.sourceA)
+        ? globalThis.String(object.sourceA)
+        : isSet(object.source_a)
+        ? globalThis.String(object.source_a)
+        : "",
+      sourceB: isSet(object.sourceB)
+        ? globalThis.String(object.sourceB)
+        : isSet(object.source_b)
+        ? globalThis.String(object.source_b)
+        : "",
+      graphs: globalThis.Array.isArray(object?.graphs)
+        ? object.graphs.map((e: any) => GraphDelta.fromJSON(e))
+        : [],
+      graphsUnchanged: isSet(object.graphsUnchanged)
+        ? BigInt(object.graphsUnchanged)
+        : isSet(object.graphs_unchanged)
+        ? BigInt(object.graphs_unchanged)
+        : 0n,
+      triplesAdded: isSet(object.triplesAdded)
+        ? BigInt(object.triplesAdded)
+        : isSet(object.triples_added)
+        ? BigInt(object.triples_added)
+        : 0n,
+      triplesRemoved: isSet(object.triplesRemoved)
+        ? BigInt(object.triplesRemoved)
+        : isSet(object.triples_removed)
+        ? BigInt(object.triples_removed)
+        : 0n,
+      ontologyChanges: globalThis.Array.isArray(object?.ontologyChanges)
+        ? object.ontologyChanges.map((e: any) => OntologyVersionChange.fromJSON(e))
+        : globalThis.Array.isArray(object?.ontology_changes)
+        ? object.ontology_changes.map((e: any) => OntologyVersionChange.fromJSON(e))
+        : [],
+      files: globalThis.Array.isArray(object?.files) ? object.files.map((e: any) => FileDelta.fromJSON(e)) : [],
+      filesAdded: isSet(object.filesAdded)
+        ? BigInt(object.filesAdded)
+        : isSet(object.files_added)
+        ? BigInt(object.files_added)
+        : 0n,
+      filesRemoved: isSet(object.filesRemoved)
+        ? BigInt(object.filesRemoved)
+        : isSet(object.files_removed)
+        ? BigInt(object.files_removed)
+        : 0n,
+      filesChanged: isSet(object.filesChanged)
+        ? BigInt(object.filesChanged)
+        : isSet(object.files_changed)
+        ? BigInt(object.files_changed)
+        : 0n,
+      filesUnchanged: isSet(object.filesUnchanged)
+        ? BigInt(object.filesUnchanged)
+        : isSet(object.files_unchanged)
+        ? BigInt(object.files_unchanged)
+        : 0n,
+      truncated: isSet(object.truncated) ? globalThis.Boolean(object.truncated) : false,
+      traceId: isSet(object.traceId)
+        ? globalThis.String(object.traceId)
+        : isSet(object.trace_id)
+        ? globalThis.String(object.trace_id)
+        : "",
+    };
+  },
+
+  toJSON(message: DiffResponse): unknown {
+    const obj: any = {};
+    if (message.snapshotA !== undefined) {
+      obj.snapshotA = message.snapshotA;
+    }
+    if (message.snapshotB !== undefined) {
+      obj.snapshotB = message.snapshotB;
+    }
+    if (message.sourceA !== undefined) {
+      obj.sourceA = message.sourceA;
+    }
+    if (message.sourceB !== undefined) {
+      obj.sourceB = message.sourceB;
+    }
+    if (message.graphs?.length) {
+      obj.graphs = message.graphs.map((e) => GraphDelta.toJSON(e));
+    }
+    if (message.graphsUnchanged !== undefined) {
+      obj.graphsUnchanged = message.graphsUnchanged.toString();
+    }
+    if (message.triplesAdded !== undefined) {
+      obj.triplesAdded = message.triplesAdded.toString();
+    }
+    if (message.triplesRemoved !== undefined) {
+      obj.triplesRemoved = message.triplesRemoved.toString();
+    }
+    if (message.ontologyChanges?.length) {
+      obj.ontologyChanges = message.ontologyChanges.map((e) => OntologyVersionChange.toJSON(e));
+    }
+    if (message.files?.length) {
+      obj.files = message.files.map((e) => FileDelta.toJSON(e));
+    }
+    if (message.filesAdded !== undefined) {
+      obj.filesAdded = message.filesAdded.toString();
+    }
+    if (message.filesRemoved !== undefined) {
+      obj.filesRemoved = message.filesRemoved.toString();
+    }
+    if (message.filesChanged !== undefined) {
+      obj.filesChanged = message.filesChanged.toString();
+    }
+    if (message.filesUnchanged !== undefined) {
+      obj.filesUnchanged = message.filesUnchanged.toString();
+    }
+    if (message.truncated !== undefined) {
+      obj.truncated = message.truncated;
+    }
+    if (message.traceId !== undefined) {
+      obj.traceId = message.traceId;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<DiffResponse>): DiffResponse {
+    return DiffResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<DiffResponse>): DiffResponse {
+    const message = createBaseDiffResponse();
+    message.snapshotA = object.snapshotA ?? "";
+    message.snapshotB = object.snapshotB ?? "";
+    message.sourceA = object.sourceA ?? "";
+    message.sourceB = object.sourceB ?? "";
+    message.graphs = object.graphs?.map((e) => GraphDelta.fromPartial(e)) || [];
+    message.graphsUnchanged = (object.graphsUnchanged !== undefined && object.graphsUnchanged !== null)
+      ? BigInt(object.graphsUnchanged)
+      : 0n;
+    message.triplesAdded = (object.triplesAdded !== undefined && object.triplesAdded !== null)
+      ? BigInt(object.triplesAdded)
+      : 0n;
+    message.triplesRemoved = (object.triplesRemoved !== undefined && object.triplesRemoved !== null)
+      ? BigInt(object.triplesRemoved)
+      : 0n;
+    message.ontologyChanges = object.ontologyChanges?.map((e) => OntologyVersionChange.fromPartial(e)) || [];
+    message.files = object.files?.map((e) => FileDelta.fromPartial(e)) || [];
+    message.filesAdded = (object.filesAdded !== undefined && object.filesAdded !== null)
+      ? BigInt(object.filesAdded)
+      : 0n;
+    message.filesRemoved = (object.filesRemoved !== undefined && object.filesRemoved !== null)
+      ? BigInt(object.filesRemoved)
+      : 0n;
+    message.filesChanged = (object.filesChanged !== undefined && object.filesChanged !== null)
+      ? BigInt(object.filesChanged)
+      : 0n;
+    message.filesUnchanged = (object.filesUnchanged !== undefined && object.filesUnchanged !== null)
+      ? BigInt(object.filesUnchanged)
+      : 0n;
+    message.truncated = object.truncated ?? false;
+    message.traceId = object.traceId ?? "";
+    return message;
+  },
+};
+
 /** Brings snapshots back and proves they are whole. */
 export type RestoreServiceService = typeof RestoreServiceService;
 export const RestoreServiceService = {
@@ -1387,6 +3637,35 @@ export const RestoreServiceService = {
     responseSerialize: (value: VerifyResponse): Buffer => Buffer.from(VerifyResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): VerifyResponse => VerifyResponse.decode(value),
   },
+  /**
+   * Server stream: progress messages, then one result. A restore drill: restores a job's newest
+   * snapshot (or a chosen one) into a scratch target (a PostgreSQL cluster on a free port, a
+   * temporary directory), checks that it answers and that its data match what the backup
+   * recorded, removes the scratch target and publishes iotvault.events.drill.completed. A drill
+   * that cannot complete is a verdict too (ok false, error set), not an RPC error.
+   */
+  drill: {
+    path: "/iotvault.v1.RestoreService/Drill" as const,
+    requestStream: false as const,
+    responseStream: true as const,
+    requestSerialize: (value: DrillRequest): Buffer => Buffer.from(DrillRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DrillRequest => DrillRequest.decode(value),
+    responseSerialize: (value: DrillResponse): Buffer => Buffer.from(DrillResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DrillResponse => DrillResponse.decode(value),
+  },
+  /**
+   * What changed between two snapshots: files, and for semantic sources graphs, triples and
+   * ontology versions (see docs/semantic.md).
+   */
+  diff: {
+    path: "/iotvault.v1.RestoreService/Diff" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: DiffRequest): Buffer => Buffer.from(DiffRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DiffRequest => DiffRequest.decode(value),
+    responseSerialize: (value: DiffResponse): Buffer => Buffer.from(DiffResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DiffResponse => DiffResponse.decode(value),
+  },
 } as const;
 
 export interface RestoreServiceServer extends UntypedServiceImplementation {
@@ -1394,6 +3673,19 @@ export interface RestoreServiceServer extends UntypedServiceImplementation {
   restore: handleServerStreamingCall<RestoreRequest, RestoreResponse>;
   /** Server stream: progress messages, then one result. */
   verify: handleServerStreamingCall<VerifyRequest, VerifyResponse>;
+  /**
+   * Server stream: progress messages, then one result. A restore drill: restores a job's newest
+   * snapshot (or a chosen one) into a scratch target (a PostgreSQL cluster on a free port, a
+   * temporary directory), checks that it answers and that its data match what the backup
+   * recorded, removes the scratch target and publishes iotvault.events.drill.completed. A drill
+   * that cannot complete is a verdict too (ok false, error set), not an RPC error.
+   */
+  drill: handleServerStreamingCall<DrillRequest, DrillResponse>;
+  /**
+   * What changed between two snapshots: files, and for semantic sources graphs, triples and
+   * ontology versions (see docs/semantic.md).
+   */
+  diff: handleUnaryCall<DiffRequest, DiffResponse>;
 }
 
 export interface RestoreServiceClient extends Client {
@@ -1411,6 +3703,35 @@ export interface RestoreServiceClient extends Client {
     metadata?: Metadata,
     options?: Partial<CallOptions>,
   ): ClientReadableStream<VerifyResponse>;
+  /**
+   * Server stream: progress messages, then one result. A restore drill: restores a job's newest
+   * snapshot (or a chosen one) into a scratch target (a PostgreSQL cluster on a free port, a
+   * temporary directory), checks that it answers and that its data match what the backup
+   * recorded, removes the scratch target and publishes iotvault.events.drill.completed. A drill
+   * that cannot complete is a verdict too (ok false, error set), not an RPC error.
+   */
+  drill(request: DrillRequest, options?: Partial<CallOptions>): ClientReadableStream<DrillResponse>;
+  drill(
+    request: DrillRequest,
+    metadata?: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<DrillResponse>;
+  /**
+   * What changed between two snapshots: files, and for semantic sources graphs, triples and
+   * ontology versions (see docs/semantic.md).
+   */
+  diff(request: DiffRequest, callback: (error: ServiceError | null, response: DiffResponse) => void): ClientUnaryCall;
+  diff(
+    request: DiffRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DiffResponse) => void,
+  ): ClientUnaryCall;
+  diff(
+    request: DiffRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DiffResponse) => void,
+  ): ClientUnaryCall;
 }
 
 export const RestoreServiceClient = makeGenericClientConstructor(
@@ -1455,6 +3776,10 @@ function fromJsonTimestamp(o: any): Date {
   } else {
     return fromTimestamp(Timestamp.fromJSON(o));
   }
+}
+
+function isObject(value: any): boolean {
+  return typeof value === "object" && value !== null;
 }
 
 function isSet(value: any): boolean {

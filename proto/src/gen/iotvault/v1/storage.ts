@@ -47,6 +47,11 @@ export interface PutObjectResponse {
   size: bigint;
   /** True when if_absent was set and the object already existed (nothing was written). */
   existed: boolean;
+  /**
+   * Targets of the repository that did not get the object (down or failing): the write
+   * succeeded on the others and is degraded; the gateway copies the object later (self-heal).
+   */
+  missingTargets: string[];
 }
 
 export interface GetObjectRequest {
@@ -97,8 +102,10 @@ export interface DeleteObjectResponse {
 
 export interface CreateRepositoryRequest {
   name: string;
-  /** file:///absolute/path for a local or NFS directory. */
+  /** The primary target: file:///absolute/path, s3://bucket/prefix?endpoint=..., sftp://user@host/path. */
   url: string;
+  /** More targets that hold a full copy of the repository (every write goes to all of them). */
+  replicas: string[];
 }
 
 export interface CreateRepositoryResponse {
@@ -107,8 +114,19 @@ export interface CreateRepositoryResponse {
 
 export interface RepositoryInfo {
   name: string;
-  /** Target URLs with any credentials removed. */
+  /** Target URLs with any credentials removed (the primary first). */
   targets: string[];
+  targetStatus: TargetStatus[];
+}
+
+export interface TargetStatus {
+  /** Target URL without credentials. */
+  url: string;
+  /** False while the last operation on the target failed as unreachable. */
+  available: boolean;
+  /** Objects written while the target was missing, waiting to be copied to it. */
+  pendingCopies: bigint;
+  lastError: string;
 }
 
 export interface ListRepositoriesRequest {
@@ -360,7 +378,7 @@ export const PutObjectRequest: MessageFns<PutObjectRequest> = {
 };
 
 function createBasePutObjectResponse(): PutObjectResponse {
-  return { size: 0n, existed: false };
+  return { size: 0n, existed: false, missingTargets: [] };
 }
 
 export const PutObjectResponse: MessageFns<PutObjectResponse> = {
@@ -373,6 +391,9 @@ export const PutObjectResponse: MessageFns<PutObjectResponse> = {
     }
     if (message.existed !== false) {
       writer.uint32(16).bool(message.existed);
+    }
+    for (const v of message.missingTargets) {
+      writer.uint32(26).string(v!);
     }
     return writer;
   },
@@ -406,6 +427,14 @@ export const PutObjectResponse: MessageFns<PutObjectResponse> = {
             message.existed = reader.bool();
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.missingTargets.push(reader.string());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -422,6 +451,11 @@ export const PutObjectResponse: MessageFns<PutObjectResponse> = {
     return {
       size: isSet(object.size) ? BigInt(object.size) : 0n,
       existed: isSet(object.existed) ? globalThis.Boolean(object.existed) : false,
+      missingTargets: globalThis.Array.isArray(object?.missingTargets)
+        ? object.missingTargets.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.missing_targets)
+        ? object.missing_targets.map((e: any) => globalThis.String(e))
+        : [],
     };
   },
 
@@ -433,6 +467,9 @@ export const PutObjectResponse: MessageFns<PutObjectResponse> = {
     if (message.existed !== undefined) {
       obj.existed = message.existed;
     }
+    if (message.missingTargets?.length) {
+      obj.missingTargets = message.missingTargets;
+    }
     return obj;
   },
 
@@ -443,6 +480,7 @@ export const PutObjectResponse: MessageFns<PutObjectResponse> = {
     const message = createBasePutObjectResponse();
     message.size = (object.size !== undefined && object.size !== null) ? BigInt(object.size) : 0n;
     message.existed = object.existed ?? false;
+    message.missingTargets = object.missingTargets?.map((e) => e) || [];
     return message;
   },
 };
@@ -1206,7 +1244,7 @@ export const DeleteObjectResponse: MessageFns<DeleteObjectResponse> = {
 };
 
 function createBaseCreateRepositoryRequest(): CreateRepositoryRequest {
-  return { name: "", url: "" };
+  return { name: "", url: "", replicas: [] };
 }
 
 export const CreateRepositoryRequest: MessageFns<CreateRepositoryRequest> = {
@@ -1216,6 +1254,9 @@ export const CreateRepositoryRequest: MessageFns<CreateRepositoryRequest> = {
     }
     if (message.url !== "") {
       writer.uint32(18).string(message.url);
+    }
+    for (const v of message.replicas) {
+      writer.uint32(26).string(v!);
     }
     return writer;
   },
@@ -1249,6 +1290,14 @@ export const CreateRepositoryRequest: MessageFns<CreateRepositoryRequest> = {
             message.url = reader.string();
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.replicas.push(reader.string());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1265,6 +1314,7 @@ export const CreateRepositoryRequest: MessageFns<CreateRepositoryRequest> = {
     return {
       name: isSet(object.name) ? globalThis.String(object.name) : "",
       url: isSet(object.url) ? globalThis.String(object.url) : "",
+      replicas: globalThis.Array.isArray(object?.replicas) ? object.replicas.map((e: any) => globalThis.String(e)) : [],
     };
   },
 
@@ -1276,6 +1326,9 @@ export const CreateRepositoryRequest: MessageFns<CreateRepositoryRequest> = {
     if (message.url !== undefined) {
       obj.url = message.url;
     }
+    if (message.replicas?.length) {
+      obj.replicas = message.replicas;
+    }
     return obj;
   },
 
@@ -1286,6 +1339,7 @@ export const CreateRepositoryRequest: MessageFns<CreateRepositoryRequest> = {
     const message = createBaseCreateRepositoryRequest();
     message.name = object.name ?? "";
     message.url = object.url ?? "";
+    message.replicas = object.replicas?.map((e) => e) || [];
     return message;
   },
 };
@@ -1360,7 +1414,7 @@ export const CreateRepositoryResponse: MessageFns<CreateRepositoryResponse> = {
 };
 
 function createBaseRepositoryInfo(): RepositoryInfo {
-  return { name: "", targets: [] };
+  return { name: "", targets: [], targetStatus: [] };
 }
 
 export const RepositoryInfo: MessageFns<RepositoryInfo> = {
@@ -1370,6 +1424,9 @@ export const RepositoryInfo: MessageFns<RepositoryInfo> = {
     }
     for (const v of message.targets) {
       writer.uint32(18).string(v!);
+    }
+    for (const v of message.targetStatus) {
+      TargetStatus.encode(v!, writer.uint32(26).fork()).join();
     }
     return writer;
   },
@@ -1403,6 +1460,14 @@ export const RepositoryInfo: MessageFns<RepositoryInfo> = {
             message.targets.push(reader.string());
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.targetStatus.push(TargetStatus.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1419,6 +1484,11 @@ export const RepositoryInfo: MessageFns<RepositoryInfo> = {
     return {
       name: isSet(object.name) ? globalThis.String(object.name) : "",
       targets: globalThis.Array.isArray(object?.targets) ? object.targets.map((e: any) => globalThis.String(e)) : [],
+      targetStatus: globalThis.Array.isArray(object?.targetStatus)
+        ? object.targetStatus.map((e: any) => TargetStatus.fromJSON(e))
+        : globalThis.Array.isArray(object?.target_status)
+        ? object.target_status.map((e: any) => TargetStatus.fromJSON(e))
+        : [],
     };
   },
 
@@ -1430,6 +1500,9 @@ export const RepositoryInfo: MessageFns<RepositoryInfo> = {
     if (message.targets?.length) {
       obj.targets = message.targets;
     }
+    if (message.targetStatus?.length) {
+      obj.targetStatus = message.targetStatus.map((e) => TargetStatus.toJSON(e));
+    }
     return obj;
   },
 
@@ -1440,6 +1513,137 @@ export const RepositoryInfo: MessageFns<RepositoryInfo> = {
     const message = createBaseRepositoryInfo();
     message.name = object.name ?? "";
     message.targets = object.targets?.map((e) => e) || [];
+    message.targetStatus = object.targetStatus?.map((e) => TargetStatus.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseTargetStatus(): TargetStatus {
+  return { url: "", available: false, pendingCopies: 0n, lastError: "" };
+}
+
+export const TargetStatus: MessageFns<TargetStatus> = {
+  encode(message: TargetStatus, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.url !== "") {
+      writer.uint32(10).string(message.url);
+    }
+    if (message.available !== false) {
+      writer.uint32(16).bool(message.available);
+    }
+    if (message.pendingCopies !== 0n) {
+      if (BigInt.asUintN(64, message.pendingCopies) !== message.pendingCopies) {
+        throw new globalThis.Error("value provided for field message.pendingCopies of type uint64 too large");
+      }
+      writer.uint32(24).uint64(message.pendingCopies);
+    }
+    if (message.lastError !== "") {
+      writer.uint32(34).string(message.lastError);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TargetStatus {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTargetStatus();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.url = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.available = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.pendingCopies = reader.uint64() as bigint;
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.lastError = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TargetStatus {
+    return {
+      url: isSet(object.url) ? globalThis.String(object.url) : "",
+      available: isSet(object.available) ? globalThis.Boolean(object.available) : false,
+      pendingCopies: isSet(object.pendingCopies)
+        ? BigInt(object.pendingCopies)
+        : isSet(object.pending_copies)
+        ? BigInt(object.pending_copies)
+        : 0n,
+      lastError: isSet(object.lastError)
+        ? globalThis.String(object.lastError)
+        : isSet(object.last_error)
+        ? globalThis.String(object.last_error)
+        : "",
+    };
+  },
+
+  toJSON(message: TargetStatus): unknown {
+    const obj: any = {};
+    if (message.url !== undefined) {
+      obj.url = message.url;
+    }
+    if (message.available !== undefined) {
+      obj.available = message.available;
+    }
+    if (message.pendingCopies !== undefined) {
+      obj.pendingCopies = message.pendingCopies.toString();
+    }
+    if (message.lastError !== undefined) {
+      obj.lastError = message.lastError;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<TargetStatus>): TargetStatus {
+    return TargetStatus.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<TargetStatus>): TargetStatus {
+    const message = createBaseTargetStatus();
+    message.url = object.url ?? "";
+    message.available = object.available ?? false;
+    message.pendingCopies = (object.pendingCopies !== undefined && object.pendingCopies !== null)
+      ? BigInt(object.pendingCopies)
+      : 0n;
+    message.lastError = object.lastError ?? "";
     return message;
   },
 };
