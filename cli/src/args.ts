@@ -12,7 +12,15 @@ export interface Parsed {
   values: Record<string, string | boolean | string[] | undefined>;
 }
 
+/** Thrown by parse() for `-h` / `--help` after a command: main prints the usage and exits 0. */
+export class UsageRequested extends Error {
+  constructor(readonly usage: string) {
+    super("usage requested");
+  }
+}
+
 export function parse(argv: string[], options: OptionSpec, usage: string): Parsed {
+  if (argv.includes("-h") || argv.includes("--help")) throw new UsageRequested(usage);
   try {
     const { values, positionals } = parseArgs({
       args: argv,

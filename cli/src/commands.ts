@@ -32,6 +32,18 @@ import { stackDown, stackStatus, stackUp } from "./stack.js";
 
 const short = (id: string) => id.slice(0, 12);
 
+/** A source given as a plain path means the file system. */
+function sourceUrl(source: string): string {
+  return /^[a-z][a-z0-9+.-]*:/.test(source) ? source : `fs:${resolve(source)}`;
+}
+
+/** `--option key=value` as a pair. */
+function splitOption(text: string): [string, string] {
+  const at = text.indexOf("=");
+  if (at <= 0) throw new IotvaultError("INVALID_ARGUMENT", `--option ${text}: expected KEY=VALUE`);
+  return [text.slice(0, at), text.slice(at + 1)];
+}
+
 /** A positive number option (--limit, --timeout), with a clear error otherwise. */
 function positive(value: string | undefined, name: string, fallback: number): number {
   if (value === undefined) return fallback;
@@ -107,25 +119,31 @@ function openStore(ctx: Context, repository: string): GatewayObjectStore {
 }
 
 export async function repo(ctx: Context, argv: string[]): Promise<void> {
-  const usage = "iotvault repo init <name> --url file:///path | repo list";
-  const p = parse(argv, { url: { type: "string" } }, usage);
+  const usage = "iotvault repo init <name> --url <url> [--replica <url>]... | repo list";
+  const p = parse(argv, { url: { type: "string" }, replica: { type: "string", multiple: true } }, usage);
   const sub = required(p.positionals[0], "repo command (init or list)", usage);
   if (sub === "list") {
     const res = await callUnary(ctx.gateway, "listRepositories", {});
-    ctx.print(res.repositories, () =>
-      table(
-        ["NAME", "TARGETS"],
-        res.repositories.map((r) => [r.name, r.targets.join(", ")]),
-      ),
-    );
+    const repositories = res.repositories.map((r) => ({
+      name: r.name,
+      targets: r.targets,
+      targetStatus: r.targetStatus.map((t) => ({
+        url: t.url,
+        available: t.available,
+        pendingCopies: Number(t.pendingCopies),
+        lastError: t.lastError,
+      })),
+    }));
+    ctx.print(repositories, () => renderRepositories(repositories));
     return;
   }
   if (sub !== "init")
     throw new IotvaultError("INVALID_ARGUMENT", `unknown repo command "${sub}"`, { hint: `usage: ${usage}` });
   const name = required(p.positionals[1], "repository name", usage);
   const url = required(str(p, "url"), "--url", usage);
+  const replicas = list(p, "replica");
   const secret = password(ctx);
-  const created = await callUnary(ctx.gateway, "createRepository", { name, url });
+  const created = await callUnary(ctx.gateway, "createRepository", { name, url, replicas });
   const store = openStore(ctx, name);
   if (await Repository.exists(store)) {
     throw new IotvaultError("ALREADY_EXISTS", `${url} already holds an iotvault repository`, {
@@ -137,7 +155,29 @@ export async function repo(ctx: Context, argv: string[]): Promise<void> {
   ctx.print(
     { name, id: repository.id, targets: created.repository?.targets ?? [] },
     () =>
-      `repository ${name} initialised at ${url} (id ${short(repository.id)})\nkeep the passphrase safe: without it the data cannot be read`,
+      `repository ${name} initialised at ${url}${replicas.length > 0 ? ` with ${replicas.length} replica(s) (${replicas.join(", ")})` : ""} (id ${short(repository.id)})\nkeep the passphrase safe: without it the data cannot be read`,
+  );
+}
+
+/** One row per target: primary first, then replicas, with availability and the copy backlog. */
+function renderRepositories(
+  repositories: {
+    name: string;
+    targetStatus: { url: string; available: boolean; pendingCopies: number; lastError: string }[];
+  }[],
+): string {
+  return table(
+    ["NAME", "TARGET", "ROLE", "STATE", "PENDING", "LAST ERROR"],
+    repositories.flatMap((r) =>
+      r.targetStatus.map((t, i) => [
+        i === 0 ? r.name : "",
+        t.url,
+        i === 0 ? "primary" : "replica",
+        t.available ? "up" : "down",
+        String(t.pendingCopies),
+        t.lastError || "-",
+      ]),
+    ),
   );
 }
 
@@ -249,7 +289,7 @@ export async function key(ctx: Context, argv: string[]): Promise<void> {
 
 // ---------------------------------------------------------------------------------------------- retention flags
 
-const RETENTION_OPTIONS = {
+export const RETENTION_OPTIONS = {
   "keep-last": { type: "string" },
   "keep-hourly": { type: "string" },
   "keep-daily": { type: "string" },
@@ -260,7 +300,7 @@ const RETENTION_OPTIONS = {
 } as const;
 
 /** The retention flags as a policy (0 = rule not used). */
-function retentionOf(p: Parsed): RetentionPolicy {
+export function retentionOf(p: Parsed): RetentionPolicy {
   const n = (name: keyof typeof RETENTION_OPTIONS) => {
     const v = str(p, name);
     if (v === undefined) return 0;
@@ -278,6 +318,22 @@ function retentionOf(p: Parsed): RetentionPolicy {
     keepYearly: n("keep-yearly"),
     retentionDays: n("retention-days"),
   };
+}
+
+/** The retention fields whose flag was given (so that `job update` changes only those). */
+function nonZero(policy: RetentionPolicy, p: Parsed): Partial<RetentionPolicy> {
+  const map: Record<keyof typeof RETENTION_OPTIONS, keyof RetentionPolicy> = {
+    "keep-last": "keepLast",
+    "keep-hourly": "keepHourly",
+    "keep-daily": "keepDaily",
+    "keep-weekly": "keepWeekly",
+    "keep-monthly": "keepMonthly",
+    "keep-yearly": "keepYearly",
+    "retention-days": "retentionDays",
+  };
+  const out: Partial<RetentionPolicy> = {};
+  for (const [flagName, field] of Object.entries(map)) if (p.values[flagName] !== undefined) out[field] = policy[field];
+  return out;
 }
 
 export function describeRetention(r: RetentionPolicy | undefined): string {
@@ -298,7 +354,7 @@ export function describeRetention(r: RetentionPolicy | undefined): string {
 
 export async function job(ctx: Context, argv: string[]): Promise<void> {
   const usage =
-    "iotvault job create <name> --source <url> --repo <name> [--schedule CRON] [--tz ZONE] [--type full|incremental|differential] [--site S] [--include GLOB]... [--exclude GLOB]... [--keep-last N] [--keep-hourly N] [--keep-daily N] [--keep-weekly N] [--keep-monthly N] [--keep-yearly N] [--retention-days N] | job list | job show <job> | job delete <job>";
+    "iotvault job create <name> --source <url> --repo <name> [--schedule CRON] [--tz ZONE] [--type full|incremental|differential] [--site S] [--include GLOB]... [--exclude GLOB]... [--keep-last N] [--keep-hourly N] [--keep-daily N] [--keep-weekly N] [--keep-monthly N] [--keep-yearly N] [--retention-days N] [--group-source URL]... | job update <job> [the same flags] | job list | job show <job> | job delete <job>";
   const p = parse(
     argv,
     {
@@ -311,10 +367,11 @@ export async function job(ctx: Context, argv: string[]): Promise<void> {
       include: { type: "string", multiple: true },
       exclude: { type: "string", multiple: true },
       ...RETENTION_OPTIONS,
+      "group-source": { type: "string", multiple: true },
     },
     usage,
   );
-  const sub = required(p.positionals[0], "job command (create, list, show or delete)", usage);
+  const sub = required(p.positionals[0], "job command (create, update, list, show or delete)", usage);
   const s = ctx.scheduler;
   if (sub === "create") {
     const name = required(p.positionals[1], "job name", usage);
@@ -332,6 +389,7 @@ export async function job(ctx: Context, argv: string[]): Promise<void> {
         include: list(p, "include"),
         exclude: list(p, "exclude"),
         retention: retentionOf(p),
+        groupSources: list(p, "group-source").map(sourceUrl),
       },
     });
     const res = await callUnary(s, "createJob", req);
@@ -342,7 +400,7 @@ export async function job(ctx: Context, argv: string[]): Promise<void> {
       res.jobs.map((j) => Job.toJSON(j)),
       () =>
         table(
-          ["NAME", "SOURCE", "REPOSITORY", "SCHEDULE", "TYPE", "SITE"],
+          ["NAME", "SOURCE", "REPOSITORY", "SCHEDULE", "TYPE", "SITE", "KEEP"],
           res.jobs.map((j) => [
             j.name,
             j.source,
@@ -350,9 +408,41 @@ export async function job(ctx: Context, argv: string[]): Promise<void> {
             j.schedule ? `${j.schedule} (${j.timeZone})` : "-",
             typeName(j.backupType),
             j.site,
+            describeRetention(j.retention),
           ]),
         ),
     );
+  } else if (sub === "update") {
+    // Only the flags given change; the rest of the job stays as it is.
+    const current = (await callUnary(s, "getJob", { job: required(p.positionals[1], "job", usage) })).job!;
+    const source = str(p, "source");
+    const given = (name: string) => p.values[name] !== undefined;
+    const retentionGiven = Object.keys(RETENTION_OPTIONS).some(given);
+    const res = await callUnary(s, "updateJob", {
+      job: {
+        ...current,
+        ...(source !== undefined
+          ? { source: /^[a-z][a-z0-9+.-]*:/.test(source) ? source : `fs:${resolve(source)}` }
+          : {}),
+        ...(given("repo") ? { repository: str(p, "repo")! } : {}),
+        ...(given("schedule") ? { schedule: str(p, "schedule")! } : {}),
+        ...(given("tz") ? { timeZone: str(p, "tz")! } : {}),
+        ...(given("type") ? { backupType: parseType(str(p, "type")) } : {}),
+        ...(given("site") ? { site: str(p, "site")! } : {}),
+        ...(given("include") ? { include: list(p, "include") } : {}),
+        ...(given("exclude") ? { exclude: list(p, "exclude") } : {}),
+        ...(given("group-source") ? { groupSources: list(p, "group-source").map(sourceUrl) } : {}),
+        ...(retentionGiven
+          ? {
+              retention: {
+                ...(current.retention ?? retentionOf({ values: {}, positionals: [] })),
+                ...nonZero(retentionOf(p), p),
+              },
+            }
+          : {}),
+      },
+    });
+    ctx.print(Job.toJSON(res.job!), () => `job ${res.job!.name} updated`);
   } else if (sub === "show") {
     const res = await callUnary(s, "getJob", { job: required(p.positionals[1], "job", usage) });
     ctx.print(Job.toJSON(res.job!), () => JSON.stringify(Job.toJSON(res.job!), null, 2));
@@ -401,6 +491,9 @@ export async function backup(ctx: Context, argv: string[]): Promise<void> {
         `added      ${formatBytes(stats.bytesNew)} of new data, ${formatBytes(stats.bytesStored)} stored (compressed, encrypted)`,
         `duration   ${formatDuration(stats.durationMs)}`,
       );
+    }
+    if (stats && stats.warnings > 0n) {
+      lines.push(`warnings   ${Number(stats.warnings)} item(s) could not be backed up; the executor's log names them`);
     }
     if (run.error)
       lines.push(`error      ${run.error.message}${run.error.hint ? `\nhint       ${run.error.hint}` : ""}`);
@@ -478,13 +571,18 @@ export async function runs(ctx: Context, argv: string[]): Promise<void> {
 }
 
 export async function snapshots(ctx: Context, argv: string[]): Promise<void> {
-  const usage = "iotvault snapshots [--job J] [--repo R] [--limit N]";
-  const p = parse(argv, { job: { type: "string" }, repo: { type: "string" }, limit: { type: "string" } }, usage);
+  const usage = "iotvault snapshots [--job J] [--repo R] [--group RUN] [--limit N]";
+  const p = parse(
+    argv,
+    { job: { type: "string" }, repo: { type: "string" }, limit: { type: "string" }, group: { type: "string" } },
+    usage,
+  );
   const c = ctx.catalog;
   const res = await callUnary(c, "listSnapshots", {
     job: str(p, "job") ?? "",
     repository: str(p, "repo") ?? "",
     limit: positive(str(p, "limit"), "--limit", 50),
+    groupId: str(p, "group") ?? "",
   });
   ctx.print(
     res.snapshots.map((s) => Snapshot.toJSON(s)),
@@ -518,7 +616,8 @@ async function repositoryOf(
 }
 
 export async function restore(ctx: Context, argv: string[]): Promise<void> {
-  const usage = "iotvault restore <snapshot> --to <dir> [--repo R] [--include GLOB]... [--overwrite] [--no-verify]";
+  const usage =
+    "iotvault restore <snapshot> --to <dir|target-url> [--repo R] [--include GLOB]... [--overwrite] [--no-verify] [--allow-external-symlinks] [--option KEY=VALUE]...";
   const p = parse(
     argv,
     {
@@ -527,10 +626,15 @@ export async function restore(ctx: Context, argv: string[]): Promise<void> {
       include: { type: "string", multiple: true },
       overwrite: { type: "boolean" },
       "no-verify": { type: "boolean" },
+      "allow-external-symlinks": { type: "boolean" },
+      option: { type: "string", multiple: true },
     },
     usage,
   );
-  const target = resolve(required(str(p, "to"), "--to", usage));
+  const to = required(str(p, "to"), "--to", usage);
+  // A directory, or a URL target of the snapshot's kind of source (postgres://..., kv:bucket).
+  const targetUrl = /^[a-z][a-z0-9+.-]*:/.test(to) && !/^[a-zA-Z]:[\\/]/.test(to) ? to : undefined;
+  const target = targetUrl ? "" : resolve(to);
   const { repository, snapshotId } = await repositoryOf(
     ctx,
     required(p.positionals[0], "snapshot", usage),
@@ -546,6 +650,9 @@ export async function restore(ctx: Context, argv: string[]): Promise<void> {
       include: list(p, "include"),
       overwrite: flag(p, "overwrite"),
       verify: !flag(p, "no-verify"),
+      allowExternalSymlinks: flag(p, "allow-external-symlinks"),
+      target: targetUrl ?? "",
+      options: Object.fromEntries(list(p, "option").map(splitOption)),
     });
     for await (const msg of stream) {
       if (msg.message?.$case === "progress") {
@@ -568,9 +675,53 @@ export async function restore(ctx: Context, argv: string[]): Promise<void> {
       `restored snapshot ${short(r.snapshotId)} to ${r.targetDir}`,
       `${Number(r.files)} files, ${Number(r.dirs)} dirs, ${Number(r.symlinks)} symlinks, ${formatBytes(r.bytes)} in ${formatDuration(r.durationMs)}`,
       r.verified ? "verified: every restored file matches its checksum" : "not verified (--no-verify)",
+      ...describeDetails(r.details),
       `trace ${r.traceId}`,
     ].join("\n"),
   );
+  const shacl = parseDetails(r.details)["shacl"] as { conforms?: boolean } | undefined;
+  if (shacl && shacl.conforms === false) process.exitCode = 1;
+}
+
+function parseDetails(text: string): Record<string, unknown> {
+  try {
+    const v: unknown = text ? JSON.parse(text) : {};
+    return v !== null && typeof v === "object" ? (v as Record<string, unknown>) : {};
+  } catch {
+    return {};
+  }
+}
+
+/** Human lines for what a source's restore checked beyond checksums (SHACL, row counts, ...). */
+function describeDetails(text: string): string[] {
+  const d = parseDetails(text);
+  const lines: string[] = [];
+  const shacl = d["shacl"] as
+    | {
+        conforms: boolean;
+        violations: number;
+        results: number;
+        shapes: string;
+        details?: { focusNode?: string; message?: string[] | string; path?: string }[];
+      }
+    | undefined;
+  if (shacl) {
+    lines.push(
+      shacl.conforms
+        ? `SHACL: conforms to ${shacl.shapes}`
+        : `SHACL: ${shacl.violations} violation(s) of ${shacl.shapes} (${shacl.results} result(s))`,
+    );
+    for (const v of (shacl.details ?? []).slice(0, 10)) {
+      const msg = Array.isArray(v.message) ? v.message.join("; ") : (v.message ?? "");
+      lines.push(`  ${v.focusNode ?? "?"}${v.path ? ` ${v.path}` : ""}: ${msg}`);
+    }
+  }
+  for (const [key, value] of Object.entries(d)) {
+    if (key === "shacl") continue;
+    if (typeof value === "string" || typeof value === "number" || typeof value === "boolean")
+      lines.push(`${key}: ${String(value)}`);
+  }
+  return lines;
 }
 
 export async function verify(ctx: Context, argv: string[]): Promise<void> {

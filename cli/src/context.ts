@@ -10,6 +10,7 @@ import {
   StorageGatewayServiceClient,
 } from "@iotvault/proto";
 import { createClient } from "@iotvault/rpc";
+import { Bus } from "@iotvault/bus";
 import type * as grpc from "@grpc/grpc-js";
 
 type ClientCtor<C> = new (address: string, creds: grpc.ChannelCredentials, options?: grpc.ClientOptions) => C;
@@ -17,6 +18,7 @@ type ClientCtor<C> = new (address: string, creds: grpc.ChannelCredentials, optio
 export class Context {
   readonly config: IotvaultConfig;
   private readonly clients = new Map<ServiceName, grpc.Client>();
+  private busConnection: Promise<Bus> | undefined;
 
   constructor(
     readonly env: NodeJS.ProcessEnv,
@@ -47,6 +49,17 @@ export class Context {
     return this.client("storage-gateway", StorageGatewayServiceClient);
   }
 
+  /** The NATS connection, for commands that publish events (forget, prune, hold). */
+  bus(): Promise<Bus> {
+    this.busConnection ??= Bus.connect({
+      url: this.config.nats.url,
+      name: "iotvault-cli",
+      credsFile: this.config.nats.credsFile,
+      logger: { info: () => undefined, warn: () => undefined, error: () => undefined },
+    });
+    return this.busConnection;
+  }
+
   /** Prints a value: as JSON with --json, else as the text `human` returns. */
   print(value: unknown, human: () => string): void {
     if (this.json) process.stdout.write(JSON.stringify(value, jsonReplacer, 2) + "\n");
@@ -58,8 +71,9 @@ export class Context {
     if (!this.json) process.stderr.write(line + "\n");
   }
 
-  close(): void {
+  async close(): Promise<void> {
     for (const c of this.clients.values()) c.close();
+    if (this.busConnection) await (await this.busConnection.catch(() => undefined))?.close();
   }
 }
 

@@ -5,7 +5,12 @@
  */
 import { toIotvaultError } from "@iotvault/errors";
 import { backup, job, key, repo, restore, runs, sample, snapshots, stack, traceCmd, verify } from "./commands.js";
+import { UsageRequested } from "./args.js";
 import { Context } from "./context.js";
+import { diff } from "./diff.js";
+import { catalog, forget, hold, locks, prune } from "./retention.js";
+import { restoreGroup } from "./group.js";
+import { drillCmd, walFetchCmd, walListCmd, walPruneCmd, walPushCmd } from "./postgres.js";
 
 const HELP = `iotvault — backup and restore for IoT platforms
 
@@ -13,21 +18,55 @@ usage: iotvault <command> [options] [--json]
 
   stack up | down | status          run the five services on this host (and NATS / PostgreSQL
                                     when none is reachable); state under IOTVAULT_HOME
-  repo init <name> --url file:///path
+  repo init <name> --url <url> [--replica <url>]...
+                                    file:///path, s3://bucket/prefix?endpoint=host:port,
+                                    sftp://user@host/path; replicas get every write
   repo list
   key list | add | remove <slot> | rotate --repo R
                                     passphrase and key-file slots; rotate makes a new data key
                                     and master key without rewriting packs
-  job create <name> --source fs:/path --repo <name> [--schedule CRON] [--tz ZONE]
+  job create <name> --source URL --repo <name> [--schedule CRON] [--tz ZONE]
              [--type full|incremental|differential] [--site S] [--include GLOB]... [--exclude GLOB]...
+             [--group-source URL]... [--keep-last N] [--keep-hourly N] [--keep-daily N]
+             [--keep-weekly N] [--keep-monthly N] [--keep-yearly N] [--retention-days N]
+                                    sources: fs:/path, postgres://...?mode=logical|physical,
+                                    rdf:/dir, rules:/dir, config:/dir, kv:bucket, sparql+http://...
+  job update <job> [the same flags]  change only the flags given
   job list | show <job> | delete <job>
-  backup <job> [--type T] [--wait]  run now; with --wait, print run, snapshot, trace and sizes
+  backup <job> [--type T] [--wait] [--timeout SECONDS]
+                                    run now; with --wait, print run, snapshot, trace and sizes
   runs [--job J] [--limit N]
-  snapshots [--job J] [--repo R]
-  restore <snapshot> --to <dir> [--include GLOB]... [--overwrite] [--no-verify]
-  verify <snapshot> | --all --repo R [--read-data[=PCT]]
-  trace <run-id>                    the run's spans across services, as a tree
-  sample <dir> [--size-mib N]       write a sample IoT gateway tree (for demos and tests)
+  snapshots [--job J] [--repo R] [--group RUN] [--limit N]
+  restore <snapshot> --to <dir | URL> [--repo R] [--include GLOB]... [--overwrite] [--no-verify]
+          [--allow-external-symlinks] [--option K=V]...
+  verify <snapshot> [--repo R] | --all --repo R [--read-data[=PCT]]
+  diff <snapshotA> <snapshotB> [--repo R] [--sample N] [--max N]
+                                    files, graphs, triples and ontology versions that changed
+  trace <run-id | trace-id>         the run's spans across services, as a tree
+  restore-group <run-id> --to <dir> [--map SOURCE=TARGET]... [--option K=V]...
+                                    every member of a consistency group, back to its recovery point
+  forget --job J [--keep-* N] [--retention-days N] [--tz ZONE] [--dry-run]
+                                    remove snapshots a retention policy does not keep (the
+                                    job's own policy when no flag is given); holds are kept
+  prune --repo R [--dry-run] [--wait SECONDS] [--repack-threshold 0..1]
+                                    free the data no snapshot uses (waits for running backups)
+  hold <snapshot> --reason TEXT | hold --release <snapshot> | hold --list --repo R
+  locks --repo R                    who holds the repository (backups, prune, key rotation)
+  catalog rebuild --repo R          the catalog's snapshots from the repository alone
+  sample [<dir>] [--size-mib N] [--seed N]
+                                    write a sample IoT gateway tree (for demos and tests)
+  wal-push <%p> --repo R [--system-id S] [--pgdata DIR]
+                                    PostgreSQL archive_command: store a WAL file (idempotent)
+  wal-fetch <%f> <%p> --repo R --system-id S
+                                    PostgreSQL restore_command (exit 1: not archived)
+  wal-list --repo R [--system-id S] the WAL archive per cluster and timeline
+  wal-prune --repo R [--system-id S] [--dry-run]
+                                    remove WAL older than the oldest kept physical backup
+  drill <job> [--snapshot ID] [--keep] [--option K=V]... | drill <job> --schedule CRON|off
+                                    restore the job's newest snapshot into a scratch target,
+                                    check it, remove it (now, or on a schedule)
+
+\`iotvault <command> --help\` shows the usage of one command.
 
 The repository passphrase comes from IOTVAULT_PASSWORD or IOTVAULT_PASSWORD_FILE (or a key
 file: IOTVAULT_KEY_FILE).
@@ -43,8 +82,20 @@ const COMMANDS: Record<string, (ctx: Context, argv: string[]) => Promise<void>> 
   snapshots,
   restore,
   verify,
+  diff,
   trace: traceCmd,
+  forget,
+  prune,
+  "restore-group": restoreGroup,
+  hold,
+  locks,
+  catalog,
   sample,
+  "wal-push": walPushCmd,
+  "wal-fetch": walFetchCmd,
+  "wal-list": walListCmd,
+  "wal-prune": walPruneCmd,
+  drill: drillCmd,
 };
 
 async function main(argv: string[]): Promise<number> {
@@ -65,6 +116,10 @@ async function main(argv: string[]): Promise<number> {
     await run(ctx, rest);
     return typeof process.exitCode === "number" ? process.exitCode : 0;
   } catch (err) {
+    if (err instanceof UsageRequested) {
+      process.stdout.write(`usage: ${err.usage}\n`);
+      return 0;
+    }
     const e = toIotvaultError(err);
     if (json) {
       process.stdout.write(
@@ -76,9 +131,12 @@ async function main(argv: string[]): Promise<number> {
       if (e.hint) process.stderr.write(`hint: ${e.hint}\n`);
       if (process.env["IOTVAULT_DEBUG"]) process.stderr.write(`${(err as Error).stack ?? ""}\n`);
     }
+    // As PostgreSQL's restore_command, wal-fetch exits 1 only for "this segment is not archived"
+    // (it ends recovery): any other failure, configuration included, is 126 (recovery stops).
+    if (command === "wal-fetch") return 126;
     return e.code === "INVALID_ARGUMENT" ? 2 : 1;
   } finally {
-    ctx?.close();
+    await ctx?.close();
   }
 }
 

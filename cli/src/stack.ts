@@ -32,11 +32,14 @@ const START_ORDER: readonly ServiceName[] = ["storage-gateway", "catalog", "sche
 /** Only these services open repositories: the others never see the repository secret. */
 const NEEDS_REPOSITORY_SECRET: ReadonlySet<ServiceName> = new Set(["executor", "restore"]);
 const SECRET_VARIABLES = ["IOTVAULT_PASSWORD", "IOTVAULT_PASSWORD_FILE", "IOTVAULT_KEY_FILE"];
+/** Storage credentials: the storage-gateway's alone. */
+const STORAGE_SECRET = /^IOTVAULT_(S3|SFTP)_/;
 
 /** The environment a service is started with. */
 function serviceEnv(config: IotvaultConfig, name: ServiceName, env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
   const out: NodeJS.ProcessEnv = { ...env, IOTVAULT_HOME: config.home };
   if (!NEEDS_REPOSITORY_SECRET.has(name)) for (const v of SECRET_VARIABLES) delete out[v];
+  if (name !== "storage-gateway") for (const v of Object.keys(out)) if (STORAGE_SECRET.test(v)) delete out[v];
   const pgPassword = join(config.paths.secrets, "postgres.pass");
   if (name === "catalog" && fileExists(pgPassword) && !env["IOTVAULT_DATABASE_PASSWORD_FILE"]) {
     out["IOTVAULT_DATABASE_PASSWORD_FILE"] = pgPassword;
@@ -54,7 +57,9 @@ export interface ComponentStatus {
 }
 
 function hostPort(url: string, defaultPort: number): { host: string; port: number } {
-  const u = new URL(url.includes("://") ? url : `nats://${url}`);
+  // A NATS URL may list several servers ("nats://a:4222,nats://b:4222"): the first is local.
+  const first = url.split(",")[0]!.trim();
+  const u = new URL(first.includes("://") ? first : `nats://${first}`);
   return { host: u.hostname.replace(/^\[|\]$/g, ""), port: u.port ? Number(u.port) : defaultPort };
 }
 
