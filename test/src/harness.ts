@@ -7,6 +7,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { once } from "node:events";
 import { createWriteStream, mkdirSync } from "node:fs";
 import { readFile, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { checkHealth } from "@iotvault/rpc";
@@ -67,6 +68,9 @@ export class TestStack {
       IOTVAULT_ACK_WAIT_MS: String(options.ackWaitMs ?? 4000),
       IOTVAULT_MAX_DELIVER: String(options.maxDeliver ?? 4),
       IOTVAULT_LOG_LEVEL: "debug",
+      // The tests keep their repositories in temp directories (the default roots are the home
+      // and /var/lib/iotvault).
+      IOTVAULT_STORAGE_ROOTS: tmpdir(),
       ...options.extraEnv,
     };
     for (const s of SERVICES) {

@@ -92,9 +92,15 @@ describe("iotvault stack (embedded default)", { timeout: 300_000 }, () => {
 
     // The stack works: a backup goes through.
     const src = join(home.path, "src");
-    assert.equal((await cli(["sample", src, "--size-mib", "1"])).code, 0);
-    assert.equal((await cli(["repo", "init", "r", "--url", `file://${join(home.path, "repo")}`])).code, 0);
-    assert.equal((await cli(["job", "create", "j", "--source", src, "--repo", "r"])).code, 0);
+    for (const args of [
+      ["sample", src, "--size-mib", "1"],
+      // Repositories go under the home (or another allowed root of the storage-gateway).
+      ["repo", "init", "r", "--url", `file://${join(env.IOTVAULT_HOME!, "repos", "r")}`],
+      ["job", "create", "j", "--source", src, "--repo", "r"],
+    ]) {
+      const r = await cli(args);
+      assert.equal(r.code, 0, `iotvault ${args.join(" ")}: ${r.stderr}${r.stdout}`);
+    }
     const backup = await cli(["backup", "j", "--wait", "--json"]);
     assert.equal(backup.code, 0, backup.stderr + backup.stdout);
     assert.equal(JSON.parse(backup.stdout).status, "RUN_STATUS_SUCCEEDED");
@@ -118,9 +124,32 @@ describe("iotvault stack (embedded default)", { timeout: 300_000 }, () => {
   });
 
   it("explains what to do when a command needs services that are not running", async () => {
+    await cli(["stack", "down"]); // whatever the test before left running
     const r = await cli(["runs"]);
     assert.equal(r.code, 1);
     assert.match(r.stderr, /cannot reach the catalog service/);
     assert.match(r.stderr, /hint: .*stack up/);
+    // As a restore_command, wal-fetch must not say "segment not archived" (exit 1) for a broken setup.
+    const broken = await cli([
+      "wal-fetch",
+      "000000010000000000000001",
+      "/tmp/x",
+      "--repo",
+      "r",
+      "--system-id",
+      "1",
+    ]).then(async () => {
+      const child = spawn(process.execPath, [CLI, "wal-fetch", "a", "/tmp/x", "--repo", "r", "--system-id", "1"], {
+        env: { ...env, IOTVAULT_CONFIG: join(home.path, "missing.yaml") },
+        stdio: "ignore",
+      });
+      const [code] = (await once(child, "exit")) as [number];
+      return code;
+    });
+    assert.equal(broken, 126);
+    // Its --help is help, not a failure.
+    const help = await cli(["wal-fetch", "--help"]);
+    assert.equal(help.code, 0, help.stderr);
+    assert.match(help.stdout, /^usage: iotvault wal-fetch /);
   });
 });
