@@ -142,10 +142,16 @@ void test("groups are the job ids: each job keeps its own newest", () => {
 });
 
 void test("the members of a consistency-group run are kept or removed together", () => {
-  // Three runs of one group job, each with three member snapshots (same run id, same time).
+  // Three runs of one group job, each with three member snapshots (one group id, one time; each
+  // member has a run key of its own, as the executor writes them).
   const runs = ["2026-11-22T02:00:00Z", "2026-11-23T02:00:00Z", "2026-11-24T02:00:00Z"];
   const candidates: RetentionCandidate[] = runs.flatMap((time, r) =>
-    ["pg", "rdf", "config"].map((m) => ({ id: `${m}-${r}`, time, jobId: "g", runId: `run-${r}` })),
+    ["pg", "rdf", "config"].map((m, i) => ({
+      id: `${m}-${r}`,
+      time,
+      jobId: "g",
+      metadata: { group: { id: `run-${r}` }, groupMember: i, runKey: i ? `run-${r}/member-${i}` : `run-${r}` },
+    })),
   );
   const decide = (policy: RetentionPolicy, holds = new Map<string, { reason: string }>()) =>
     decideRetention(candidates, policy, NOW, holds)
@@ -158,12 +164,16 @@ void test("the members of a consistency-group run are kept or removed together",
   assert.deepEqual(decide({ keepDaily: 1 }), ["config-2", "pg-2", "rdf-2"]);
   // A hold on one member keeps its whole run.
   const held = decideRetention(candidates, { keepLast: 1 }, NOW, new Map([["rdf-0", { reason: "audit" }]]));
-  const run0 = held.filter((d) => d.snapshot.runId === "run-0");
+  const run0 = held.filter((d) => d.snapshot.id.endsWith("-0"));
+  assert.equal(run0.length, 3);
   assert.ok(
     run0.every((d) => d.keep),
     JSON.stringify(run0),
   );
   assert.match(run0.find((d) => d.snapshot.id === "pg-0")!.reasons[0]!, /^hold: audit \(on rdf-0 of this run\)$/);
+  // Without a group id every snapshot is its own unit.
+  const alone = candidates.map(({ id, time, jobId }) => ({ id, time, jobId }));
+  assert.equal(decideRetention(alone, { keepLast: 2 }, NOW, new Map()).filter((d) => d.keep).length, 2);
 });
 
 void test("a policy without a rule, bad numbers and unknown time zones are refused", () => {

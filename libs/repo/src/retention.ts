@@ -2,8 +2,8 @@
  * Retention: which snapshots a policy keeps (restic's `forget` semantics), and `forget`, which
  * deletes the manifests of the others. Data is not touched: `prune` frees it afterwards.
  *
- * Snapshots are grouped by job id; within a group the unit is a run: the snapshots of one run
- * (the members of a consistency group) are kept or removed together, so `keepLast 3` keeps the
+ * Snapshots are grouped by job id; within a group the unit is a run: the member snapshots of one
+ * consistency-group run (same group id) are kept or removed together, so `keepLast 3` keeps the
  * three newest runs, whole. Within a group, newest first:
  * - `keepLast n` keeps the n newest;
  * - `keepHourly/Daily/Weekly/Monthly/Yearly n` keeps the newest snapshot of each of the n newest
@@ -21,7 +21,7 @@ import { storeError, throwIfAborted, type RepoCore } from "./core.js";
 import { snapshotKey } from "./format.js";
 import { readHold, readHolds, type Hold } from "./holds.js";
 import type { RepoLocks } from "./locks.js";
-import type { SnapshotManifest } from "./snapshot.js";
+import { snapshotGroupId, type SnapshotManifest } from "./snapshot.js";
 
 export interface RetentionPolicy {
   keepLast?: number | undefined;
@@ -169,8 +169,16 @@ export interface RetentionCandidate {
   /** ISO 8601. */
   time: string;
   jobId: string;
-  /** The run that made it: snapshots of one run are decided as one (absent: on its own). */
-  runId?: string | undefined;
+  /**
+   * The consistency group it belongs to (the group run's id): members are decided as one.
+   * Absent: read from a manifest's `metadata.group.id`, else the snapshot is on its own.
+   */
+  groupId?: string | undefined;
+  metadata?: Record<string, unknown> | undefined;
+}
+
+function groupOf(s: RetentionCandidate): string | undefined {
+  return s.groupId ?? (s.metadata ? snapshotGroupId({ metadata: s.metadata }) : undefined);
 }
 
 /**
@@ -194,7 +202,8 @@ export function decideRetention<T extends RetentionCandidate>(
       reasons.get(s.id)?.push("time not understood");
       continue;
     }
-    const key = s.runId ? `run:${s.jobId}:${s.runId}` : `snapshot:${s.id}`;
+    const group = groupOf(s);
+    const key = group ? `group:${s.jobId}:${group}` : `snapshot:${s.id}`;
     const entry = units.get(key);
     if (!entry) units.set(key, { unit: { id: key, time: s.time, jobId: s.jobId }, members: [s] });
     else {

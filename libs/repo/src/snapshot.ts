@@ -95,6 +95,17 @@ export interface SnapshotManifest {
   tree: TreeRef;
 }
 
+/**
+ * The consistency group a snapshot belongs to (`metadata.group.id`, the run id of the group's
+ * run; each member has a run key of its own), or undefined for a snapshot on its own.
+ */
+export function snapshotGroupId(m: Pick<SnapshotManifest, "metadata">): string | undefined {
+  const group = m.metadata["group"];
+  if (typeof group !== "object" || group === null) return undefined;
+  const id = (group as { id?: unknown }).id;
+  return typeof id === "string" && id !== "" ? id : undefined;
+}
+
 export function encodeManifest(m: SnapshotManifest): Buffer {
   return Buffer.from(JSON.stringify(m), "utf8");
 }

@@ -23,7 +23,7 @@ import {
   type DrillResult,
   type OperationProgress,
 } from "@iotvault/proto";
-import { Repository, type SnapshotManifest } from "@iotvault/repo";
+import { Repository, snapshotGroupId, type SnapshotManifest } from "@iotvault/repo";
 import { drillPostgres, isPgSnapshot, restoreToDirectory } from "@iotvault/sources";
 import type { OperationDeps, Update } from "./operations.js";
 
@@ -158,8 +158,9 @@ async function runDrill(
 async function chooseSnapshot(repo: Repository, req: DrillRequest, signal: AbortSignal): Promise<SnapshotManifest> {
   if (req.snapshotId) return repo.loadSnapshot(req.snapshotId, signal);
   const ofJob = (await repo.listSnapshots(signal)).filter((s) => s.jobId === req.jobId);
-  const latestRun = ofJob[0]?.runId;
-  const members = ofJob.filter((s) => s.runId === latestRun);
+  const latest = ofJob[0];
+  const group = latest ? snapshotGroupId(latest) : undefined;
+  const members = group ? ofJob.filter((s) => snapshotGroupId(s) === group) : ofJob.slice(0, 1);
   const newest = members.find(isPgSnapshot) ?? members.find((s) => /^fs:/.test(s.source)) ?? members[0];
   if (!newest) {
     throw new IotvaultError(
