@@ -39,7 +39,8 @@ const USAGE = `usage: node bench/dist/backup.js [options]
   --no-direct      skip the gateway-versus-direct comparison
   --seed N         corpus seed (default 1)
   --profile DIR    run the services with --cpu-prof, profiles written to DIR when they stop
-  --no-malloc-tuning  start the services without MALLOC_MMAP_THRESHOLD_ (see docs/performance.md)
+  --malloc-tuning  experiment: start the services with MALLOC_MMAP_THRESHOLD_=131072 (lower
+                   RSS, but every large buffer becomes an mmap: much slower; docs/performance.md)
   --h2-window N    experiment: HTTP/2 flow-control windows of N bytes in every gRPC session
                    (services and this process; see bench/h2-window.ts)`;
 
@@ -69,7 +70,7 @@ function options(): Options {
       "no-direct": { type: "boolean", default: false },
       seed: { type: "string", default: "1" },
       profile: { type: "string" },
-      "no-malloc-tuning": { type: "boolean", default: false },
+      "malloc-tuning": { type: "boolean", default: false },
       "h2-window": { type: "string" },
       help: { type: "boolean", short: "h", default: false },
     },
@@ -93,7 +94,7 @@ function options(): Options {
     direct: !values["no-direct"],
     seed: num(values.seed, "--seed"),
     profileDir: values.profile === undefined ? undefined : resolve(values.profile),
-    mallocTuning: !values["no-malloc-tuning"],
+    mallocTuning: values["malloc-tuning"] === true,
     h2Window: values["h2-window"] === undefined ? undefined : num(values["h2-window"], "--h2-window"),
   };
 }

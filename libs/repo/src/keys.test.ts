@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { test } from "node:test";
 import { isCode } from "@iotvault/errors";
+import * as keys from "./keys.js";
 import { Repository } from "./repository.js";
 import { FAST, META, PASSWORD, collect, fileNode, newRepo, pieces, random, readAll } from "./test-util.js";
 
@@ -57,6 +58,20 @@ test("a key slot whose scrypt parameters would need too much memory or time is r
   }
   store.overwrite(keys[0]!, original);
   await (await Repository.open(store, PASSWORD, FAST)).close();
+});
+
+test("a second open with the same passphrase derives no slot key again; a wrong one is still refused", async () => {
+  const { store, repo } = await newRepo();
+  await repo.close();
+  const first = await Repository.open(store, PASSWORD, FAST);
+  await first.close();
+  const before = keys.scryptDerivations;
+  const again = await Repository.open(store, PASSWORD, FAST);
+  assert.equal(again.id, first.id);
+  await again.close();
+  assert.equal(keys.scryptDerivations, before, "the slot key came from the cache");
+  await assert.rejects(Repository.open(store, OTHER, FAST), (e: unknown) => isCode(e, "WRONG_KEY"));
+  await assert.rejects(Repository.open(store, OTHER, FAST), (e: unknown) => isCode(e, "WRONG_KEY"));
 });
 
 test("key remove: refuses the last slot and the slot in use; removes another", async () => {

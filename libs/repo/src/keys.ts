@@ -200,11 +200,39 @@ export async function createSlot(secret: RepositorySecret, masterKey: Uint8Array
     : createPassphraseSlot(secret, masterKey, logN);
 }
 
-function scrypt(password: Uint8Array, params: ScryptParams): Promise<Buffer> {
+/**
+ * Slot keys derived in this process, by HMAC(process-random key, salt, parameters, passphrase).
+ * The services open a repository for every run: without this each open would pay scrypt again
+ * (by design about 0.3-0.8 s and 128 MiB at the default N = 2^17). The process holds the
+ * passphrase itself anyway; the cache holds at most DERIVED_MAX keys and never the passphrase.
+ */
+const derivedKeys = new Map<string, Buffer>();
+const DERIVED_MAX = 64;
+const derivedKeyId = randomBytes(32);
+
+/** How many scrypt derivations this process ran (for tests of the cache). */
+export let scryptDerivations = 0;
+
+async function scrypt(password: Uint8Array, params: ScryptParams): Promise<Buffer> {
+  const id = createHmac("sha256", derivedKeyId)
+    .update(params.salt)
+    .update(`:${params.N}:${params.r}:${params.p}:`)
+    .update(password)
+    .digest("hex");
+  const cached = derivedKeys.get(id);
+  if (cached) return Buffer.from(cached); // callers wipe their copy
   const options: ScryptOptions = { N: params.N, r: params.r, p: params.p, maxmem: 256 * params.N * params.r + 1024 };
-  return new Promise((resolve, reject) => {
-    scryptCallback(password, params.salt, KEY_BYTES, options, (err, key) => (err ? reject(err) : resolve(key)));
+  const key = await new Promise<Buffer>((resolve, reject) => {
+    scryptCallback(password, params.salt, KEY_BYTES, options, (err, k) => (err ? reject(err) : resolve(k)));
   });
+  scryptDerivations++;
+  if (derivedKeys.size >= DERIVED_MAX) {
+    const oldest = derivedKeys.keys().next().value as string;
+    derivedKeys.get(oldest)?.fill(0);
+    derivedKeys.delete(oldest);
+  }
+  derivedKeys.set(id, Buffer.from(key));
+  return key;
 }
 
 export function checkScryptLogN(logN: number): void {
