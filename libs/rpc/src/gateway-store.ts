@@ -41,10 +41,12 @@ const GET_PATH = "/iotvault.v1.StorageGatewayService/GetObject";
 const SHA256_HEX = /^[0-9a-f]{64}$/;
 
 /**
- * A PutObjectRequest data message, encoded by hand in one copy: field 2 (bytes) = tag 0x12,
- * varint length, the bytes. (The generated encoder copies each MiB three or four times.)
+ * A protobuf message whose only set field is one `bytes` field, encoded by hand in one copy:
+ * the tag byte (field number << 3 | 2), the varint length, the bytes. The generated encoders
+ * copy each MiB three or four times (writer chunks, finish, Buffer.from). Used for
+ * PutObjectRequest data messages (field 2, tag 0x12) and GetObjectResponse (field 1, tag 0x0a).
  */
-function encodeDataMessage(data: Uint8Array): Buffer {
+export function encodeBytesMessage(tag: number, data: Uint8Array): Buffer {
   let n = data.length;
   const varint: number[] = [];
   do {
@@ -52,11 +54,13 @@ function encodeDataMessage(data: Uint8Array): Buffer {
     n = Math.floor(n / 128);
   } while (n > 0);
   const out = Buffer.allocUnsafe(1 + varint.length + data.length);
-  out[0] = 0x12;
+  out[0] = tag;
   for (let i = 0; i < varint.length; i++) out[1 + i] = varint[i]!;
   out.set(data, 1 + varint.length);
   return out;
 }
+
+const encodeDataMessage = (data: Uint8Array): Buffer => encodeBytesMessage(0x12, data);
 
 /**
  * The data of a GetObjectResponse as a view of the received message (no copy): field 1 (bytes)

@@ -71,4 +71,9 @@ export {
 } from "./status.js";
 export { traceInterceptor, extractContext, RPC_TRACER_NAME } from "./tracing.js";
 export { checkHealth, type CheckHealthOptions, type HealthStatus } from "./health.js";
-export { GatewayObjectStore, GATEWAY_CHUNK_BYTES, type GatewayObjectStoreOptions } from "./gateway-store.js";
+export {
+  GatewayObjectStore,
+  GATEWAY_CHUNK_BYTES,
+  encodeBytesMessage,
+  type GatewayObjectStoreOptions,
+} from "./gateway-store.js";
