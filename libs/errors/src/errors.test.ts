@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
-import { describe, it } from "node:test";
-import { IotvaultError, fromErrorInfo, isCode, isRetryable, toErrorInfo, toIotvaultError } from "./index.js";
+import { describe, it, test } from "node:test";
+import { IotvaultError, fromErrorInfo, isCode, isRetryable, redactUrl, toErrorInfo, toIotvaultError } from "./index.js";
 
 describe("errors", () => {
   it("classifies retryable codes by default and lets a caller override", () => {
@@ -37,4 +37,18 @@ describe("errors", () => {
     assert.equal(back.hint, "check IOTVAULT_PASSWORD");
     assert.equal(fromErrorInfo({ code: "NONSENSE", message: "m" }).code, "INTERNAL");
   });
+});
+
+void test("redactUrl hides passwords (and secret-named parameters when asked), never other text", () => {
+  const opts = { unparsable: "<bad>" };
+  assert.equal(redactUrl("postgres://app:s3cret@db:5432/iot", opts), "postgres://app:***@db:5432/iot");
+  assert.equal(redactUrl("postgres://app@db/iot", opts), "postgres://app@db/iot");
+  assert.equal(redactUrl("not a url", opts), "<bad>");
+  const only = { ...opts, onlySchemeUrls: true };
+  assert.equal(redactUrl("/srv/restore", only), "/srv/restore");
+  assert.equal(redactUrl("kv:bucket", only), "kv:bucket");
+  assert.equal(
+    redactUrl("sparql+http://u:p@h:8890/gsp?password=x&graph=g", { ...only, secretParams: /pass/i }),
+    "sparql+http://u:***@h:8890/gsp?password=***&graph=g",
+  );
 });

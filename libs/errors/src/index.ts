@@ -157,3 +157,34 @@ export function fromErrorInfo(info: Partial<ErrorInfoShape>): IotvaultError {
     ...(info.hint ? { hint: info.hint } : {}),
   });
 }
+
+export interface RedactUrlOptions {
+  /** What to show for text that does not parse as a URL. */
+  unparsable: string;
+  /** Return text without a `scheme://` prefix (a path, `kv:bucket`) unchanged instead of parsing it. */
+  onlySchemeUrls?: boolean | undefined;
+  /** Query parameters whose name matches get the value `***` too. */
+  secretParams?: RegExp | undefined;
+}
+
+/**
+ * A URL as messages, logs and events may show it: its password replaced by `***` (and the
+ * values of query parameters named like secrets, when asked).
+ *
+ * ```ts
+ * redactUrl("postgres://app:s3cret@db/iot", { unparsable: "<invalid url>" }); // postgres://app:***@db/iot
+ * ```
+ */
+export function redactUrl(text: string, options: RedactUrlOptions): string {
+  if (options.onlySchemeUrls && !/^[a-z][a-z0-9+.-]*:\/\//.test(text)) return text;
+  try {
+    const u = new URL(text);
+    if (u.password) u.password = "***";
+    if (options.secretParams) {
+      for (const k of [...u.searchParams.keys()]) if (options.secretParams.test(k)) u.searchParams.set(k, "***");
+    }
+    return u.toString();
+  } catch {
+    return options.unparsable;
+  }
+}

@@ -5,7 +5,7 @@ import { mkdtemp } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pg from "pg";
-import { IotvaultError } from "@iotvault/errors";
+import { IotvaultError, redactUrl } from "@iotvault/errors";
 import { findPostgresBin, findRunuser } from "./binaries.js";
 import { onProcessExit } from "./exit-hooks.js";
 import { OutputTail } from "./output-buffer.js";
@@ -150,13 +150,7 @@ function withDatabase(url: string, name: string): string {
 }
 
 function redact(url: string): string {
-  try {
-    const parsed = new URL(url);
-    if (parsed.password) parsed.password = "***";
-    return parsed.toString();
-  } catch {
-    return "<unparsable URL>";
-  }
+  return redactUrl(url, { unparsable: "<unparsable URL>" });
 }
 
 function messageOf(err: unknown): string {

@@ -2,7 +2,7 @@
  * The catalog's PostgreSQL store: applies events idempotently and answers queries.
  */
 import { readFileSync } from "node:fs";
-import { IotvaultError } from "@iotvault/errors";
+import { IotvaultError, redactUrl } from "@iotvault/errors";
 import {
   type BackupCompleted,
   type BackupFailed,
@@ -692,7 +692,7 @@ async function connectOrExplain(pool: pg.Pool, url: string): Promise<pg.PoolClie
   } catch (err) {
     throw new IotvaultError(
       "UNAVAILABLE",
-      `cannot reach the catalog database at ${redactUrl(url)}: ${(err as Error).message}`,
+      `cannot reach the catalog database at ${redactUrl(url, { unparsable: "<invalid url>" })}: ${(err as Error).message}`,
       {
         hint: "start PostgreSQL (`iotvault stack up` starts one when none runs) or set IOTVAULT_DATABASE_URL",
         cause: err,
@@ -757,16 +757,6 @@ async function ensureDatabase(url: string, password: (() => string) | undefined)
     }
   } finally {
     await client.end();
-  }
-}
-
-export function redactUrl(url: string): string {
-  try {
-    const u = new URL(url);
-    if (u.password) u.password = "***";
-    return u.toString();
-  } catch {
-    return "<invalid url>";
   }
 }
 

@@ -9,7 +9,7 @@
 import { hostname } from "node:os";
 import { trace } from "@opentelemetry/api";
 import type { Bus, BusMessage } from "@iotvault/bus";
-import { IotvaultError, isCode, toErrorInfo, toIotvaultError } from "@iotvault/errors";
+import { IotvaultError, isCode, redactUrl, toErrorInfo, toIotvaultError } from "@iotvault/errors";
 import {
   BackupCompleted,
   BackupFailed,
@@ -449,14 +449,7 @@ function sumStats(all: BackupStatsInfo[]): BackupStatsInfo {
 
 /** A source URL as events and logs may show it (no password). */
 function redactSource(source: string): string {
-  try {
-    if (!/^[a-z][a-z0-9+.-]*:\/\//.test(source)) return source;
-    const u = new URL(source);
-    if (u.password) u.password = "***";
-    return u.toString();
-  } catch {
-    return source;
-  }
+  return redactUrl(source, { onlySchemeUrls: true, unparsable: source });
 }
 
 /**

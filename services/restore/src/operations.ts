@@ -6,7 +6,7 @@ import { randomBytes } from "node:crypto";
 import { isAbsolute } from "node:path";
 import { trace } from "@opentelemetry/api";
 import type { Bus } from "@iotvault/bus";
-import { IotvaultError, toErrorInfo, toIotvaultError } from "@iotvault/errors";
+import { IotvaultError, redactUrl, toErrorInfo, toIotvaultError } from "@iotvault/errors";
 import {
   RestoreCompleted,
   RestoreFailed,
@@ -392,13 +392,9 @@ async function publishShaclVerdict(
 
 /** A target URL without user password (targets like postgres://user:secret@host/db). */
 export function redactTarget(target: string): string {
-  if (!/^[a-z][a-z0-9+.-]*:\/\//.test(target)) return target;
-  try {
-    const u = new URL(target);
-    if (u.password) u.password = "***";
-    for (const k of [...u.searchParams.keys()]) if (/pass|secret|token/i.test(k)) u.searchParams.set(k, "***");
-    return u.toString();
-  } catch {
-    return "<unparsable target>";
-  }
+  return redactUrl(target, {
+    onlySchemeUrls: true,
+    secretParams: /pass|secret|token/i,
+    unparsable: "<unparsable target>",
+  });
 }

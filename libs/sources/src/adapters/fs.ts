@@ -1,6 +1,6 @@
 /** The file-system source as a SourceAdapter (fs:/path). */
 import { isAbsolute } from "node:path";
-import { IotvaultError } from "@iotvault/errors";
+import { IotvaultError, redactUrl } from "@iotvault/errors";
 import { backupDirectory } from "../fs/backup.js";
 import { restoreToDirectory } from "../fs/restore.js";
 import { parseSourceUrl } from "../fs/url.js";
@@ -30,7 +30,7 @@ export const fsAdapter: SourceAdapter = {
     if (!isAbsolute(ctx.target)) {
       throw new IotvaultError(
         "INVALID_ARGUMENT",
-        `a file-system snapshot restores into a directory, not ${JSON.stringify(redactedTarget(ctx.target))}`,
+        `a file-system snapshot restores into a directory, not ${JSON.stringify(redactUrl(ctx.target, { onlySchemeUrls: true, unparsable: "<unparsable target>" }))}`,
         { hint: "pass an absolute directory with --to" },
       );
     }
@@ -46,8 +46,3 @@ export const fsAdapter: SourceAdapter = {
     return { ...r, details: {} };
   },
 };
-
-/** The target as shown in an error: a URL without its password. */
-function redactedTarget(target: string): string {
-  return target.replace(/^([a-z][a-z0-9+.-]*:\/\/[^/:@]*):[^@/]*@/i, "$1:***@");
-}

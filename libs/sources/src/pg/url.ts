@@ -9,7 +9,7 @@
  * password file named by `passfile` (libpq's pgpass format, or a file holding the password).
  */
 import { isAbsolute } from "node:path";
-import { IotvaultError } from "@iotvault/errors";
+import { IotvaultError, redactUrl } from "@iotvault/errors";
 
 export type PgMode = "logical" | "physical";
 /** What a backup records per table for verification (restore and drills compare it). */
@@ -116,13 +116,7 @@ export function parsePostgresUrl(url: string): PgSourceUrl {
 
 /** The URL without a password (safe for messages and logs); "<invalid url>" when unparsable. */
 export function redactPostgresUrl(url: string): string {
-  try {
-    const u = new URL(url);
-    if (u.password) u.password = "***";
-    return u.toString();
-  } catch {
-    return "<invalid url>";
-  }
+  return redactUrl(url, { unparsable: "<invalid url>" });
 }
 
 /** A short, password-free description of where a connection goes ("user@host:port/db"). */
