@@ -7,7 +7,8 @@ import { createHash } from "node:crypto";
 import { hostname } from "node:os";
 import { IotvaultError } from "@iotvault/errors";
 import { chunkId } from "./blob.js";
-import { EMPTY_SHA256, type LocalFileStat, type SealedFile } from "./pipeline-core.js";
+import { KnownChunks } from "./known-chunks.js";
+import { EMPTY_SHA256, type LocalFileStat, type SealedFile, type StreamedChunk } from "./pipeline-core.js";
 import { Chunker } from "./chunker.js";
 import { cancelled, storeError, throwIfAborted, type RepoCore } from "./core.js";
 import { FORMAT_VERSION, snapshotKey, type BlobTypeName } from "./format.js";
@@ -59,6 +60,12 @@ export interface LocalFileOptions {
   existedInParent?: boolean | undefined;
   /** Reads to try while the file keeps changing under the read (default 3). */
   attempts?: number | undefined;
+  /**
+   * Keep what was read even when the file changes under the read (database data files, whose
+   * torn pages WAL replay repairs): read to the end, no stat check, the node's size is what was
+   * read. The file is streamed through one worker whatever its size.
+   */
+  tolerateChanges?: boolean | undefined;
   /** Builds the file's node from the stat its content was read under (size, chunks, sha256 are filled in). */
   node(stat: LocalFileStat): Omit<TreeNode, "chunks" | "sha256">;
 }
@@ -67,7 +74,7 @@ export interface LocalFileOptions {
 export type LocalFileOutcome =
   { added: true; node: TreeNode } | { added: false; reason: "changed" | "gone"; message: string };
 
-/** Local files added with addLocalFile should not be larger than this (read whole, in a worker). */
+/** Local files up to this size are read whole in a worker by addLocalFile; larger ones are streamed through one. */
 export const LOCAL_FILE_MAX_BYTES = 8 * 1024 * 1024;
 
 export interface BackupWriter {
@@ -82,11 +89,13 @@ export interface BackupWriter {
     options?: AddFileOptions,
   ): Promise<TreeNode>;
   /**
-   * Adds a local regular file (at most LOCAL_FILE_MAX_BYTES) that the writer reads itself, in a
-   * worker thread: opened with O_NOFOLLOW, read whole, and read again while its fstat before
-   * and after the read disagree (size, mtime, ctime, inode), up to `attempts` times. A file
-   * that vanished, is no longer a regular file, grew past 4 x LOCAL_FILE_MAX_BYTES or kept
-   * changing is not added; the outcome says why. Its place in the tree is the call's place.
+   * Adds a local regular file that the writer reads itself, in a worker thread: opened with
+   * O_NOFOLLOW, read (whole up to LOCAL_FILE_MAX_BYTES, a segment at a time through one worker
+   * above), and read again while its fstat before and after the read disagree (size, mtime,
+   * ctime, inode), up to `attempts` times. A file that vanished, is no longer a regular file,
+   * grew past 4 x LOCAL_FILE_MAX_BYTES (read whole) or kept changing is not added; the outcome
+   * says why. Its place in the tree is the call's place. `expectedBytes` is the size the caller
+   * saw (it picks the way the file is read).
    */
   addLocalFile(absPath: string, expectedBytes: number, options: LocalFileOptions): Promise<LocalFileOutcome>;
   /** Adds a file node unchanged from the parent snapshot (its chunks are known to exist). */
@@ -102,6 +111,8 @@ type State = "open" | "committing" | "aborting" | "done";
 /** A file that arrives as one piece of at most this size is chunked, hashed and sealed in a worker. */
 const WHOLE_FILE_BYTES = 8 * 1024 * 1024;
 const noop = (): void => undefined;
+/** A streamed chunk was left unsealed as known, and is not (see KnownChunks). */
+class NotKnownAfterAll extends Error {}
 /** Progress callbacks come at most this often. */
 const PROGRESS_INTERVAL_MS = 100;
 
@@ -124,6 +135,8 @@ export class BackupSession implements BackupWriter {
   private readonly started = Date.now();
   /** New chunks of this run not yet in the master index (queued, sealing, uploading, unindexed). */
   private readonly pending = new Set<string>();
+  /** The index's ids and `pending`, shared with the workers (see KnownChunks); made when first needed. */
+  private known: KnownChunks | undefined;
   private readonly dataChunker: Chunker;
   private readonly treeChunker: Chunker;
   private readonly treeHash = createHash("sha256");
@@ -209,7 +222,11 @@ export class BackupSession implements BackupWriter {
     } catch (err) {
       return Promise.reject(err instanceof Error ? err : new Error(String(err)));
     }
-    const readOptions = { attempts: Math.max(1, options.attempts ?? 3), maxBytes: 4 * LOCAL_FILE_MAX_BYTES };
+    const attempts = Math.max(1, options.attempts ?? 3);
+    if (expectedBytes > LOCAL_FILE_MAX_BYTES || options.tolerateChanges) {
+      return this.addStreamedLocalFile(absPath, attempts, options);
+    }
+    const readOptions = { attempts, maxBytes: 4 * LOCAL_FILE_MAX_BYTES };
     const sealed = this.sealer.sealLocalFile(absPath, expectedBytes, readOptions, this.core.currentKey());
     sealed.catch(noop); // awaited by the tree step
     return this.inTreeOrder(async (): Promise<LocalFileOutcome> => {
@@ -217,24 +234,81 @@ export class BackupSession implements BackupWriter {
       if (r.kind !== "read") return { added: false, reason: r.kind, message: r.message };
       this.stats.bytesRead += r.file.size;
       this.acceptSealed(r.file);
-      const base = options.node(r.stat);
-      const node: TreeNode = {
-        ...base,
-        type: "file",
+      return this.addReadFile(options, r.stat, {
         size: r.file.size,
         chunks: r.file.chunks.map((c) => c.id),
         sha256: r.file.sha256,
-      };
-      const refused = nodeError(node);
-      if (refused) throw refused;
-      await this.appendNode(node);
-      if (options.existedInParent) this.stats.filesChanged++;
-      else this.stats.filesNew++;
-      this.stats.totalBytes += r.file.size;
-      this.filesDone++;
-      this.progress(node.path);
-      return { added: true, node };
+      });
     });
+  }
+
+  /**
+   * A large local file (or one that may change under the read) goes through one worker a
+   * segment at a time; its new chunks go to the packer as they come (out of tree order, so that
+   * the file is never held whole), its node in tree order.
+   */
+  private addStreamedLocalFile(
+    absPath: string,
+    attempts: number,
+    options: LocalFileOptions,
+  ): Promise<LocalFileOutcome> {
+    const read = (known: KnownChunks | undefined) =>
+      this.sealer.sealStreamedLocalFile(
+        absPath,
+        { attempts, tolerateChanges: options.tolerateChanges, known: known?.shared },
+        () => this.core.currentKey(),
+        (chunks) => {
+          this.checkRunning();
+          if (!this.acceptChunks(chunks)) throw new NotKnownAfterAll();
+          return this.packer.room();
+        },
+      );
+    // A chunk the table only seemed to know (64-bit prefixes collide): read it all again, sealing everything.
+    const streamed = read(this.knownChunks()).catch((err: unknown) => {
+      if (err instanceof NotKnownAfterAll) return read(undefined);
+      throw err;
+    });
+    streamed.catch(noop); // awaited by the tree step
+    return this.inTreeOrder(async (): Promise<LocalFileOutcome> => {
+      const r = await streamed;
+      if (r.kind !== "read") return { added: false, reason: r.kind, message: r.message };
+      this.stats.bytesRead += r.size;
+      return this.addReadFile(options, r.stat, { size: r.size, chunks: r.chunks, sha256: r.sha256 });
+    });
+  }
+
+  /** The chunks this run need not seal again, for the workers (made at the first streamed file). */
+  private knownChunks(): KnownChunks {
+    if (!this.known) {
+      this.known = new KnownChunks(this.core.index.chunkCount + this.pending.size);
+      for (const id of this.core.index.ids()) this.known.add(id);
+      for (const id of this.pending) this.known.add(id);
+    }
+    return this.known;
+  }
+
+  /** Marks a chunk as new in this run (queued for a pack). */
+  private addPending(id: string): void {
+    this.pending.add(id);
+    this.known?.add(id);
+  }
+
+  /** The tree step of a local file read by the sealer. */
+  private async addReadFile(
+    options: LocalFileOptions,
+    stat: LocalFileStat,
+    content: { size: number; chunks: string[]; sha256: string },
+  ): Promise<LocalFileOutcome> {
+    const node: TreeNode = { ...options.node(stat), type: "file", ...content };
+    const refused = nodeError(node);
+    if (refused) throw refused;
+    await this.appendNode(node);
+    if (options.existedInParent) this.stats.filesChanged++;
+    else this.stats.filesNew++;
+    this.stats.totalBytes += content.size;
+    this.filesDone++;
+    this.progress(node.path);
+    return { added: true, node };
   }
 
   addUnchangedFile(node: TreeNode): Promise<void> {
@@ -360,15 +434,25 @@ export class BackupSession implements BackupWriter {
 
   /** Queues the chunks of a file sealed in a worker that are new to the repository (the others are dropped). */
   private acceptSealed(file: SealedFile): void {
-    for (const c of file.chunks) {
+    this.acceptChunks(file.chunks);
+    file.release?.(); // every blob was copied into a pack (or dropped)
+  }
+
+  /**
+   * Queues sealed chunks that are new to the repository (copied at once; the others are
+   * dropped). False when a chunk left unsealed as known is not known after all.
+   */
+  private acceptChunks(chunks: readonly StreamedChunk[]): boolean {
+    for (const c of chunks) {
       this.stats.chunksTotal++;
       if (this.core.index.has(c.id) || this.pending.has(c.id)) continue;
-      this.pending.add(c.id);
+      if (!("sealed" in c)) return false;
+      this.addPending(c.id);
       this.stats.chunksNew++;
       this.stats.bytesNew += c.rawLength;
       this.packer.addSealed({ id: c.id, type: "data", flags: c.flags, rawLength: c.rawLength, sealed: c.sealed });
     }
-    file.release?.(); // every blob was copied into a pack (or dropped)
+    return true;
   }
 
   /** The general path: every piece through the chunker, sha256 over the whole content. */
@@ -404,7 +488,7 @@ export class BackupSession implements BackupWriter {
     const id = chunkId(this.core.macKey, plain);
     this.stats.chunksTotal++;
     if (this.core.index.has(id) || this.pending.has(id)) return id;
-    this.pending.add(id);
+    this.addPending(id);
     this.stats.chunksNew++;
     this.stats.bytesNew += plain.length;
     await this.packer.add(id, type, plain);

@@ -107,6 +107,11 @@ export class MasterIndex {
     return this.blobs.get(id);
   }
 
+  /** Every chunk id in the index. */
+  ids(): IterableIterator<string> {
+    return this.blobs.keys();
+  }
+
   get chunkCount(): number {
     return this.blobs.size;
   }

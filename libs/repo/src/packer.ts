@@ -94,6 +94,12 @@ export class Packer {
     void task.finally(() => this.sealing.delete(task));
   }
 
+  /** Resolves once blobs are taken into a pack again (no full pack waits for an upload slot): backpressure. */
+  async room(): Promise<void> {
+    while (this.cutting) await this.cutting;
+    this.check();
+  }
+
   /** Stores everything queued, then writes an index file for every stored pack. */
   async flush(): Promise<void> {
     await Promise.all([...this.sealing]);

@@ -10,6 +10,7 @@ import { createHash } from "node:crypto";
 import { closeSync, constants, fstatSync, openSync, readSync, writeSync, type BigIntStats } from "node:fs";
 import { type Arena, BlobSealer, chunkIdOfDigest, sha256, unsealBlob, type SealKey, type Unsealed } from "./blob.js";
 import { cut, cutParams, type CutParams } from "./chunker.js";
+import { knownIn } from "./known-chunks.js";
 import type { ChunkerParams } from "./config.js";
 
 export const EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
@@ -28,6 +29,9 @@ export interface SealedChunk {
   flags: number;
   sealed: Buffer;
 }
+
+/** A chunk of a streamed file, sealed, or not sealed because it was known (see KnownChunks). */
+export type StreamedChunk = SealedChunk | KnownChunk;
 
 /** A whole file, chunked, hashed and sealed; chunks in file order. */
 export interface SealedFile {
@@ -72,6 +76,162 @@ export interface LocalReadOptions {
   maxBytes: number;
 }
 
+/** How a large local file is streamed (see LocalFileStream). */
+export interface LargeReadOptions {
+  /**
+   * Chunks whose id is in this table (a KnownChunks' buffer) are not sealed: they come back as
+   * KnownChunk, and the caller checks them against its index.
+   */
+  known?: SharedArrayBuffer | undefined;
+  /**
+   * Keep what was read when the file changes under the read (a database's data files, whose
+   * torn pages are repaired by WAL replay): read to the end, no stat check. Otherwise a file
+   * whose fstat before and after the read disagree comes out as "changed".
+   */
+  tolerateChanges?: boolean | undefined;
+}
+
+/** What one step of a LocalFileStream gave: complete chunks so far, and at the end the file's summary. */
+export type StreamStep<C> =
+  | { kind: "chunks"; chunks: C[] }
+  | { kind: "end"; chunks: C[]; stat: LocalFileStat; sha256: string; size: number }
+  | StreamRefusal;
+
+/** A chunk of a streamed file that was not sealed: the caller said it is known already. */
+export interface KnownChunk {
+  id: string;
+  rawLength: number;
+  known: true;
+}
+
+/** Why a local file was not read (it vanished or kept changing). */
+export type StreamRefusal = { kind: "changed" | "gone"; message: string };
+
+/** Bytes a LocalFileStream reads per step. */
+export const STREAM_SEGMENT_BYTES = 8 * 1024 * 1024;
+
+/**
+ * A local file of any size, read, chunked, hashed and sealed a segment at a time in the thread
+ * that owns it (a worker): the file's SHA-256 and the chunker's carry stay here between steps,
+ * so the calling thread only receives sealed chunks. Memory: one segment plus one carry (less
+ * than the largest chunk). A cut is made only with at least maxSize bytes ahead (or at the
+ * end), so chunks are exactly those of a whole-file pass.
+ */
+export class LocalFileStream {
+  private readonly hash = createHash("sha256");
+  private buffer: Buffer;
+  /** Bytes of `buffer` read and not yet cut into chunks (they start at 0). */
+  private carry = 0;
+  private position = 0;
+  private closed = false;
+  private readonly known: BigUint64Array | undefined;
+
+  private constructor(
+    private readonly core: PipelineCore,
+    private readonly fd: number,
+    private readonly before: BigIntStats,
+    private readonly options: LargeReadOptions,
+  ) {
+    this.buffer = Buffer.allocUnsafeSlow(STREAM_SEGMENT_BYTES + core.params.chunker.maxSize);
+    this.known = options.known ? new BigUint64Array(options.known) : undefined;
+  }
+
+  /** Opens `path` (O_NOFOLLOW); "gone" when it vanished or is no longer a regular file. */
+  static open(core: PipelineCore, path: string, options: LargeReadOptions): LocalFileStream | StreamRefusal {
+    let fd: number;
+    try {
+      fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW);
+    } catch (err) {
+      return { kind: "gone", message: `skipped, it vanished or cannot be opened: ${(err as Error).message}` };
+    }
+    try {
+      const before = fstatSync(fd, { bigint: true });
+      if (!before.isFile()) {
+        closeSync(fd);
+        return { kind: "gone", message: "skipped: it is no longer a regular file" };
+      }
+      return new LocalFileStream(core, fd, before, options);
+    } catch (err) {
+      closeSync(fd);
+      return { kind: "gone", message: `skipped, reading failed: ${(err as Error).message}` };
+    }
+  }
+
+  /**
+   * Reads the next segment and seals every chunk that is complete; at the end of the file, the
+   * rest, the file's hash and its stat. The stream closes itself after an "end", "changed" or
+   * "gone" step.
+   */
+  next<C>(
+    seal: (plain: Uint8Array, id: string) => C,
+  ): StreamStep<(C & { id: string; rawLength: number }) | KnownChunk> {
+    if (this.closed) return { kind: "gone", message: "the file stream is closed" };
+    try {
+      const size = Number(this.before.size);
+      // Without tolerateChanges, never read past the size the file had when it was opened.
+      const want = this.options.tolerateChanges
+        ? STREAM_SEGMENT_BYTES
+        : Math.min(STREAM_SEGMENT_BYTES, size - this.position);
+      let got = 0;
+      while (got < want) {
+        const n = readSync(this.fd, this.buffer, this.carry + got, want - got, this.position + got);
+        if (n === 0) break;
+        got += n;
+      }
+      this.hash.update(this.buffer.subarray(this.carry, this.carry + got));
+      this.position += got;
+      const available = this.carry + got;
+      const atEnd = got < want || (!this.options.tolerateChanges && this.position >= size);
+      const chunks: ((C & { id: string; rawLength: number }) | KnownChunk)[] = [];
+      const maxSize = this.core.params.chunker.maxSize;
+      let start = 0;
+      while (start < available && (atEnd || available - start >= maxSize)) {
+        const length = this.core.cutAt(this.buffer, start, available);
+        const plain = this.buffer.subarray(start, start + length);
+        const id = this.core.idOf(plain);
+        chunks.push(
+          this.known && knownIn(this.known, id)
+            ? { id, rawLength: length, known: true }
+            : { id, rawLength: length, ...seal(plain, id) },
+        );
+        start += length;
+      }
+      if (!atEnd) {
+        this.buffer.copy(this.buffer, 0, start, available);
+        this.carry = available - start;
+        return { kind: "chunks", chunks };
+      }
+      const after = fstatSync(this.fd, { bigint: true });
+      this.close();
+      if (!this.options.tolerateChanges && (this.position !== size || !sameContentStat(this.before, after))) {
+        return { kind: "changed", message: "it changed while being read" };
+      }
+      // The stat it was opened under: a file written meanwhile then looks changed to the next backup.
+      const stat = statOf(this.before);
+      return {
+        kind: "end",
+        chunks,
+        stat: { ...stat, size: this.position },
+        sha256: this.hash.digest("hex"),
+        size: this.position,
+      };
+    } catch (err) {
+      this.close();
+      return { kind: "gone", message: `skipped, reading failed: ${(err as Error).message}` };
+    }
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    try {
+      closeSync(this.fd);
+    } catch {
+      // nothing to do about a failed close of a read-only descriptor
+    }
+  }
+}
+
 export class PipelineCore {
   private readonly sealer: BlobSealer;
   private readonly cut: CutParams;
@@ -103,6 +263,31 @@ export class PipelineCore {
   /** Compresses and encrypts a chunk whose id is known into `arena`. */
   sealChunkInto(plain: Uint8Array, id: string, key: SealKey, arena: Arena) {
     return this.sealer.sealInto(plain, id, key, arena);
+  }
+
+  /** The length of the next chunk of buf[start, end) (see chunker.cut). */
+  cutAt(buf: Uint8Array, start: number, end: number): number {
+    return cut(this.cut, buf, start, end);
+  }
+
+  /** The chunk id of a plaintext. */
+  idOf(plain: Uint8Array): string {
+    return chunkIdOfDigest(this.params.macKey, sha256(plain));
+  }
+
+  /** Streams a local file of any size (see LocalFileStream). */
+  openStream(path: string, options: LargeReadOptions): LocalFileStream | StreamRefusal {
+    return LocalFileStream.open(this, path, options);
+  }
+
+  /** Seals into `arena` (for LocalFileStream.next). */
+  sealerInto(key: SealKey, arena: Arena) {
+    return (plain: Uint8Array, id: string) => this.sealer.sealInto(plain, id, key, arena);
+  }
+
+  /** Seals into buffers of their own (for LocalFileStream.next in the calling thread). */
+  sealerOwn(key: SealKey) {
+    return (plain: Uint8Array, id: string) => this.sealer.seal(plain, id, key);
   }
 
   /**

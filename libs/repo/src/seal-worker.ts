@@ -6,7 +6,7 @@
  */
 import { parentPort } from "node:worker_threads";
 import { Arena } from "./blob.js";
-import { PipelineCore } from "./pipeline-core.js";
+import { LocalFileStream, PipelineCore, STREAM_SEGMENT_BYTES } from "./pipeline-core.js";
 import { YoungGc } from "./young-gc.js";
 import type { BatchReply, JobBatch, JobResult, OpenedResult, WorkerInit } from "./workers.js";
 
@@ -14,6 +14,8 @@ const port = parentPort;
 /** Dead buffers are collected every few MiB (see young-gc.ts). */
 const youngGc = new YoungGc(8 * 1024 * 1024);
 let core: PipelineCore | undefined;
+/** Large files being streamed, by the caller's token (their segments come to this worker only). */
+const streams = new Map<number, LocalFileStream>();
 
 /** A buffer that owns its whole ArrayBuffer (to be transferred), copying when it does not. */
 function standalone(buf: Uint8Array): Uint8Array {
@@ -41,6 +43,29 @@ function run(batch: JobBatch, pipeline: PipelineCore, arena: Arena, transfer: Ar
           if (read.kind !== "read") return { ok: true, kind: "path", outcome: read.kind, message: read.message };
           const f = pipeline.sealFileInto(read.content, key, arena);
           return { ok: true, kind: "path", stat: read.stat, ...f };
+        }
+        case "stream": {
+          let stream = streams.get(job.token);
+          if (job.close) {
+            stream?.close();
+            streams.delete(job.token);
+            return { ok: true, kind: "stream", outcome: "closed", message: "closed" };
+          }
+          if (!stream) {
+            if (job.path === undefined) return { ok: true, kind: "stream", outcome: "closed", message: "closed" };
+            const opened = pipeline.openStream(job.path, job.options ?? {});
+            if (!(opened instanceof LocalFileStream))
+              return { ok: true, kind: "stream", outcome: opened.kind, message: opened.message };
+            stream = opened;
+            streams.set(job.token, stream);
+          }
+          const step = stream.next(pipeline.sealerInto(key, arena));
+          if (step.kind !== "chunks") streams.delete(job.token);
+          if ("message" in step) return { ok: true, kind: "stream", outcome: step.kind, message: step.message };
+          const chunks = step.chunks.map((c) => ("known" in c ? { ...c, flags: 0, at: 0, length: 0 } : c));
+          if (step.kind === "chunks") return { ok: true, kind: "stream", chunks };
+          const { stat, sha256, size } = step;
+          return { ok: true, kind: "stream", chunks, stat, sha256, size };
         }
         case "open": {
           const blobs = job.blobs.map((ref): OpenedResult => {
@@ -73,6 +98,10 @@ port?.on("message", (msg: WorkerInit | JobBatch) => {
     : msg.jobs.map((): JobResult => ({ ok: false, message: "the worker was not initialised" }));
   const reply: BatchReply = { seq: msg.seq, arena: arena.buf.buffer as ArrayBuffer, results };
   port.postMessage(reply, [reply.arena, ...transfer]);
-  const read = results.reduce((n, r) => n + (r.ok && r.kind === "path" && "size" in r ? r.size : 0), 0);
+  const read = results.reduce(
+    (n, r) =>
+      n + (r.ok && r.kind === "path" && "size" in r ? r.size : r.ok && r.kind === "stream" ? STREAM_SEGMENT_BYTES : 0),
+    0,
+  );
   youngGc.note(msg.jobs.reduce((n, j) => n + j.data.length, read) + arena.used);
 });

@@ -6,12 +6,15 @@
  */
 import type { SealKey, Sealed } from "./blob.js";
 import {
+  LocalFileStream,
   PipelineCore,
   type BlobRef,
+  type LargeReadOptions,
   type LocalFileStat,
   type LocalReadOptions,
   type PipelineParams,
   type SealedFile,
+  type StreamedChunk,
 } from "./pipeline-core.js";
 
 /** What the pipeline needs from the repository besides the level and MAC key (set once). */
@@ -20,6 +23,11 @@ export type PipelineShape = Pick<PipelineParams, "gear" | "chunker">;
 /** A local file read and sealed by the sealer itself, or why it was not. */
 export type SealedLocalFile =
   { kind: "read"; stat: LocalFileStat; file: SealedFile } | { kind: "changed" | "gone"; message: string };
+
+/** A local file streamed through the sealer (its chunks went to the caller segment by segment), or why not. */
+export type StreamedLocalFile =
+  | { kind: "read"; stat: LocalFileStat; sha256: string; size: number; chunks: string[] }
+  | { kind: "changed" | "gone"; message: string };
 
 export type OpenedBlob =
   { ok: true; plain: Buffer; digest: string } | { ok: false; problem: string; unknownKeyId?: number };
@@ -43,6 +51,20 @@ export interface ChunkSealer {
    * is the size the caller saw (for balancing the workers).
    */
   sealLocalFile(path: string, expectedBytes: number, options: LocalReadOptions, key: SealKey): Promise<SealedLocalFile>;
+  /**
+   * Reads, chunks, hashes and seals a local file of any size a segment at a time, in one
+   * worker (see LocalFileStream), read again from the start up to `attempts` times while it
+   * changes under the read. `onChunks` gets each segment's sealed chunks in file order and
+   * must copy them before it returns (their memory is reused); the next segments wait for the
+   * promise it returns (backpressure). Chunks of an attempt that failed were handed over too.
+   * With `options.known`, chunks found there come back unsealed (KnownChunk).
+   */
+  sealStreamedLocalFile(
+    path: string,
+    options: LargeReadOptions & { attempts: number },
+    key: () => SealKey,
+    onChunks: (chunks: StreamedChunk[]) => Promise<void> | void,
+  ): Promise<StreamedLocalFile>;
   /** Decrypts, decompresses and checks the blobs found at `blobs[i].at` in `data`. */
   open(
     data: Uint8Array,
@@ -87,6 +109,39 @@ export class InlineSealer implements ChunkSealer {
     const read = core.readLocalFile(path, options);
     if (read.kind !== "read") return read;
     return { kind: "read" as const, stat: read.stat, file: core.sealFile(read.content, key) };
+  }
+
+  async sealStreamedLocalFile(
+    path: string,
+    options: LargeReadOptions & { attempts: number },
+    key: () => SealKey,
+    onChunks: (chunks: StreamedChunk[]) => Promise<void> | void,
+  ): Promise<StreamedLocalFile> {
+    if (!this.configured) throw notConfigured();
+    const core = this.pipeline();
+    let last: StreamedLocalFile = { kind: "changed", message: "" };
+    for (let attempt = 1; attempt <= Math.max(1, options.attempts); attempt++) {
+      const stream = core.openStream(path, options);
+      if (!(stream instanceof LocalFileStream)) return stream;
+      const ids: string[] = [];
+      try {
+        for (;;) {
+          const step = stream.next(core.sealerOwn(key()));
+          if ("message" in step) {
+            last = step;
+            break;
+          }
+          for (const c of step.chunks) ids.push(c.id);
+          await onChunks(step.chunks);
+          if (step.kind === "end")
+            return { kind: "read", stat: step.stat, sha256: step.sha256, size: step.size, chunks: ids };
+        }
+      } finally {
+        stream.close();
+      }
+      if (last.kind === "gone") return last;
+    }
+    return { kind: "changed", message: `skipped: it changed while being read, ${options.attempts} times in a row` };
   }
 
   async open(data: Uint8Array, _owned: boolean, blobs: BlobRef[], keys: ReadonlyMap<number, Uint8Array>) {

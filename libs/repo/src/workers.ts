@@ -13,13 +13,23 @@ import { Worker } from "node:worker_threads";
 import { IotvaultError } from "@iotvault/errors";
 import type { SealKey, Sealed } from "./blob.js";
 import { collectAll } from "./young-gc.js";
-import type { BlobRef, LocalFileStat, LocalReadOptions, PipelineParams, SealedFile } from "./pipeline-core.js";
+import {
+  STREAM_SEGMENT_BYTES,
+  type BlobRef,
+  type LargeReadOptions,
+  type LocalFileStat,
+  type LocalReadOptions,
+  type PipelineParams,
+  type SealedFile,
+  type StreamedChunk,
+} from "./pipeline-core.js";
 import {
   READ_ONLY_SHAPE,
   type ChunkSealer,
   type OpenedBlob,
   type PipelineShape,
   type SealedLocalFile,
+  type StreamedLocalFile,
 } from "./sealer.js";
 
 export interface WorkerInit {
@@ -30,9 +40,11 @@ export type Job =
   | { kind: "chunk"; data: Uint8Array; id: string }
   | { kind: "file"; data: Uint8Array }
   | { kind: "path"; data: Uint8Array; path: string; options: LocalReadOptions }
-  | { kind: "open"; data: Uint8Array; blobs: BlobRef[] };
+  | { kind: "open"; data: Uint8Array; blobs: BlobRef[] }
+  /** The next segment of a large file streamed by this worker (opened by the first job of a token). */
+  | { kind: "stream"; data: Uint8Array; token: number; path?: string; options?: LargeReadOptions; close?: boolean };
 
-type SealedChunkRef = { id: string; rawLength: number; flags: number; at: number; length: number };
+type SealedChunkRef = { id: string; rawLength: number; flags: number; at: number; length: number; known?: true };
 
 export interface JobBatch {
   seq: number;
@@ -53,6 +65,9 @@ export type JobResult =
   | { ok: true; kind: "path"; stat: LocalFileStat; sha256: string; size: number; chunks: SealedChunkRef[] }
   | { ok: true; kind: "path"; outcome: "changed" | "gone"; message: string }
   | { ok: true; kind: "open"; blobs: OpenedResult[] }
+  | { ok: true; kind: "stream"; chunks: SealedChunkRef[] }
+  | { ok: true; kind: "stream"; chunks: SealedChunkRef[]; stat: LocalFileStat; sha256: string; size: number }
+  | { ok: true; kind: "stream"; outcome: "changed" | "gone" | "closed"; message: string }
   | { ok: false; message: string };
 
 export interface BatchReply {
@@ -242,6 +257,10 @@ export class WorkerSealer implements ChunkSealer {
   private shape: PipelineShape = READ_ONLY_SHAPE;
   /** A copy of the MAC key (workers compute chunk ids). */
   private readonly macKey: Uint8Array;
+  private streamTokens = 0;
+  /** Streams running, and callers waiting for one to end. */
+  private streams = 0;
+  private readonly streamWaiters: (() => void)[] = [];
 
   constructor(
     readonly parallelism: number,
@@ -298,6 +317,99 @@ export class WorkerSealer implements ChunkSealer {
     return { kind: "read", stat: result.stat, file };
   }
 
+  async sealStreamedLocalFile(
+    path: string,
+    options: LargeReadOptions & { attempts: number },
+    key: () => SealKey,
+    onChunks: (chunks: StreamedChunk[]) => Promise<void> | void,
+  ): Promise<StreamedLocalFile> {
+    if (this.shape === READ_ONLY_SHAPE)
+      throw new Error("the chunk sealer was not configured with the chunker's parameters");
+    // One stream per worker at a time: each holds a segment buffer and a descriptor in its worker.
+    while (this.streams >= this.parallelism) await new Promise<void>((resolve) => this.streamWaiters.push(resolve));
+    this.streams++;
+    try {
+      for (let attempt = 1; attempt <= Math.max(1, options.attempts); attempt++) {
+        const r = await this.streamOnce(path, options, key, onChunks);
+        if (r.kind !== "changed") return r;
+      }
+      return { kind: "changed", message: `skipped: it changed while being read, ${options.attempts} times in a row` };
+    } finally {
+      this.streams--;
+      this.streamWaiters.shift()?.();
+    }
+  }
+
+  /**
+   * One read of a streamed file: every segment goes to the same worker (it holds the file's
+   * hash and the chunker's carry), STREAM_WINDOW segments asked for ahead.
+   */
+  private async streamOnce(
+    path: string,
+    options: LargeReadOptions,
+    key: () => SealKey,
+    onChunks: (chunks: StreamedChunk[]) => Promise<void> | void,
+  ): Promise<StreamedLocalFile> {
+    if (this.closed) throw new IotvaultError("FAILED_PRECONDITION", "the repository is closed");
+    const pool = (this.pool ??= this.start());
+    const worker = pool.reduce((best, w) => (w.load < best.load ? w : best));
+    const token = ++this.streamTokens;
+    const ask = (job: Job) => {
+      const k = key();
+      const answer = worker.enqueue(job, false, [[k.keyId, k.key]], k.keyId, STREAM_SEGMENT_BYTES);
+      answer.catch(noop); // awaited in turn, or released below
+      return answer;
+    };
+    const next = () => ask({ kind: "stream", data: EMPTY, token });
+    const window = [
+      ask({
+        kind: "stream",
+        data: EMPTY,
+        token,
+        path,
+        options: { tolerateChanges: options.tolerateChanges, known: options.known },
+      }),
+    ];
+    for (let i = 1; i < STREAM_WINDOW; i++) window.push(next());
+    const ids: string[] = [];
+    let open = true;
+    try {
+      for (;;) {
+        const { result, arena, release } = await window.shift()!;
+        if (result.kind !== "stream") {
+          release();
+          throw unexpected();
+        }
+        if ("outcome" in result) {
+          open = false; // the worker let the stream go
+          return { kind: result.outcome === "changed" ? "changed" : "gone", message: result.message };
+        }
+        const chunks = result.chunks.map((c): StreamedChunk =>
+          c.known
+            ? { id: c.id, rawLength: c.rawLength, known: true }
+            : { id: c.id, rawLength: c.rawLength, flags: c.flags, sealed: Buffer.from(arena, c.at, c.length) },
+        );
+        for (const c of chunks) ids.push(c.id);
+        let room: Promise<void> | void;
+        try {
+          room = onChunks(chunks);
+        } finally {
+          release();
+        }
+        if ("sha256" in result) open = false;
+        await room;
+        if ("sha256" in result) {
+          return { kind: "read", stat: result.stat, sha256: result.sha256, size: result.size, chunks: ids };
+        }
+        window.push(next());
+      }
+    } finally {
+      // Segments asked for past the end are answered "closed"; a stream given up is closed in the worker.
+      if (open) window.push(ask({ kind: "stream", data: EMPTY, token, close: true }));
+      for (const answer of window) answer.then((a) => a.release(), noop);
+    }
+  }
+
   async open(
     data: Uint8Array,
     owned: boolean,
@@ -318,7 +430,14 @@ export class WorkerSealer implements ChunkSealer {
     const pool = this.pool ?? [];
     this.pool = undefined;
     this.macKey.fill(0);
-    await Promise.all(pool.map((w) => w.worker.terminate()));
+    // Idle workers are unref'd: without a handle of its own, the process may go idle (and a
+    // test runner give up) before the terminate promises settle.
+    const alive = setInterval(noop, 1000);
+    try {
+      await Promise.all(pool.map((w) => w.worker.terminate()));
+    } finally {
+      clearInterval(alive);
+    }
     collectAll();
   }
 
@@ -350,6 +469,8 @@ export class WorkerSealer implements ChunkSealer {
 }
 
 const EMPTY = new Uint8Array(0);
+/** Segments of a streamed file asked for ahead of the one being taken over. */
+const STREAM_WINDOW = 2;
 /** The plaintext of a blob written to a sink (it stays in the worker). */
 const NO_BYTES = Buffer.alloc(0);
 const noop = (): void => undefined;
@@ -357,7 +478,9 @@ const noop = (): void => undefined;
 /** Whether a result points into its batch's arena (sealed blobs). */
 function holdsBlobs(r: JobResult): boolean {
   return (
-    r.ok && (r.kind === "chunk" || ((r.kind === "file" || r.kind === "path") && "chunks" in r && r.chunks.length > 0))
+    r.ok &&
+    (r.kind === "chunk" ||
+      ((r.kind === "file" || r.kind === "path" || r.kind === "stream") && "chunks" in r && r.chunks.length > 0))
   );
 }
 

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { appendFileSync, writeFileSync } from "node:fs";
 import { chmod, mkdir, rename, symlink, utimes, writeFile } from "node:fs/promises";
 import { join } from "node:path";
@@ -130,27 +130,44 @@ void test("special files are skipped with a warning; a file changing while read 
     const src = dir("src");
     await mkdir(src);
     execFileSync("mkfifo", [join(src, "a-fifo")]);
-    await writeFile(join(src, "growing.log"), randomBytes(24 << 20));
+    const original = randomBytes(24 << 20); // streamed through a worker a segment at a time
+    await writeFile(join(src, "growing.log"), original);
     await writeFile(join(src, "stable.txt"), "stable");
     const warnings: { path: string; message: string }[] = [];
     const appender = setInterval(() => appendFileSync(join(src, "growing.log"), "more\n"), 0);
     let result;
+    let nodes;
     try {
       const writer = await repo.startBackup({ runId: "w" });
       result = await backupDirectory(repo, writer, { root: src, onWarning: (w) => warnings.push(w) });
       const { snapshot } = await writer.commit({ jobId: "j", jobName: "j", source: "fs:x", backupType: "full" });
-      const paths: string[] = [];
-      for await (const n of repo.readTree(snapshot)) paths.push(n.path);
-      assert.deepEqual(paths, ["stable.txt"]);
+      nodes = [];
+      for await (const n of repo.readTree(snapshot)) nodes.push(n);
     } finally {
       clearInterval(appender);
     }
-    assert.equal(result.warnings, 2);
+    assert.equal(warnings[0]?.path, "a-fifo");
+    const log = nodes.find((n) => n.path === "growing.log");
+    if (log === undefined) {
+      // Skipped: it changed under every attempt.
+      assert.deepEqual(
+        warnings.map((w) => w.path),
+        ["a-fifo", "growing.log"],
+      );
+      assert.match(warnings[1]!.message, /changed while being read/);
+      assert.equal(result.warnings, 2);
+    } else {
+      // Recorded: then as one state the file really had (the original and whole appends), hash included.
+      assert.equal(warnings.length, 1);
+      const appended = log.size! - original.length;
+      assert.ok(appended >= 0 && appended % 5 === 0, `size ${log.size} is not a state the file had`);
+      const state = Buffer.concat([original, Buffer.from("more\n".repeat(appended / 5))]);
+      assert.equal(log.sha256, createHash("sha256").update(state).digest("hex"));
+    }
     assert.deepEqual(
-      warnings.map((w) => w.path),
-      ["a-fifo", "growing.log"],
+      nodes.map((n) => n.path).filter((p) => p !== "growing.log"),
+      ["stable.txt"],
     );
-    assert.match(warnings[1]!.message, /changed while being read/);
   });
 });
 

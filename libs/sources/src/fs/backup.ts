@@ -3,8 +3,8 @@
  * parent snapshot, files whose size, mtime, ctime and inode are unchanged are not read again
  * (a streaming merge-join of the walk with the parent's tree: no map of the parent in memory).
  */
-import { constants, type BigIntStats } from "node:fs";
-import { open, readlink, stat, type FileHandle } from "node:fs/promises";
+import type { BigIntStats } from "node:fs";
+import { readlink, stat } from "node:fs/promises";
 import { IotvaultError, toIotvaultError } from "@iotvault/errors";
 import {
   LOCAL_FILE_MAX_BYTES,
@@ -57,9 +57,6 @@ export interface BackupDirectoryResult {
 
 /** Attempts to read a file that keeps changing while it is read, before it is skipped. */
 const READ_ATTEMPTS = 3;
-const READ_BUFFER = 1024 * 1024;
-
-class FileChangedError extends Error {}
 
 /** Progress callbacks come at most this often (one per small file would cost more than the file). */
 export const PROGRESS_INTERVAL_MS = 100;
@@ -76,10 +73,6 @@ type Step =
   | { kind: "symlink"; entry: WalkEntry }
   | { kind: "unchanged"; entry: WalkEntry; previous: TreeNode }
   | { kind: "file"; entry: WalkEntry; previous: TreeNode | undefined };
-
-function sameContentStat(a: BigIntStats, b: BigIntStats): boolean {
-  return a.size === b.size && a.mtimeNs === b.mtimeNs && a.ctimeNs === b.ctimeNs && a.ino === b.ino;
-}
 
 function readTarget(abs: string): Promise<string | Error> {
   return readlink(abs).catch((err: unknown) => (err instanceof Error ? err : new Error(String(err))));
@@ -205,10 +198,10 @@ class FsBackup {
         this.addSymlink(step.entry, await readTarget(step.entry.abs));
         break;
       case "unchanged":
-        if (!this.addUnchanged(step.entry, step.previous)) await this.addFile(step.entry, true);
+        if (!this.addUnchanged(step.entry, step.previous)) this.addFile(step.entry, true);
         break;
       case "file":
-        await this.addFile(step.entry, step.previous !== undefined);
+        this.addFile(step.entry, step.previous !== undefined);
         break;
     }
     await this.inFlight.settle(IN_FLIGHT_CALLS, IN_FLIGHT_BYTES);
@@ -251,66 +244,24 @@ class FsBackup {
   }
 
   /**
-   * A small file is read, hashed and sealed by the writer in a worker thread (the call is left
-   * pending); a large one is streamed from here, read again while it changes, and awaited.
+   * The writer reads, hashes and seals the file in a worker thread (whole when small, a segment
+   * at a time through one worker when large), read again while it changes; the call is left
+   * pending. A streamed file's memory is bounded by the writer (a few segments), so it does not
+   * count towards the bytes in flight: small files go on being sealed by the other workers.
    */
-  private async addFile(entry: WalkEntry, existedInParent: boolean): Promise<void> {
+  private addFile(entry: WalkEntry, existedInParent: boolean): void {
     const size = Number(entry.stat.size);
-    if (size <= LOCAL_FILE_MAX_BYTES) {
-      const outcome = this.writer.addLocalFile(entry.abs, size, {
-        existedInParent,
-        attempts: READ_ATTEMPTS,
-        node: (stat) => localFileNode(entry.path, stat),
-      });
-      this.inFlight.add(
-        outcome.then((o) =>
-          o.added ? this.fileDone(entry.path, o.node.size ?? 0, false) : this.warn(entry.path, o.message),
-        ),
-        size,
-      );
-      return;
-    }
-    for (let attempt = 1; attempt <= READ_ATTEMPTS; attempt++) {
-      const outcome = await this.readFileOnce(entry, existedInParent);
-      if (outcome !== "changed") return;
-    }
-    this.warn(entry.path, `skipped: it changed while being read, ${READ_ATTEMPTS} times in a row`);
-  }
-
-  /** One attempt: "done", "gone" (skipped with a warning) or "changed" (try again). */
-  private async readFileOnce(entry: WalkEntry, existedInParent: boolean): Promise<"done" | "gone" | "changed"> {
-    let fh: FileHandle;
-    try {
-      fh = await open(entry.abs, constants.O_RDONLY | constants.O_NOFOLLOW);
-    } catch (err) {
-      this.warn(entry.path, `skipped, it vanished or cannot be opened: ${(err as Error).message}`);
-      return "gone";
-    }
-    try {
-      const before = await fh.stat({ bigint: true });
-      if (!before.isFile()) {
-        this.warn(entry.path, "skipped: it is no longer a regular file");
-        return "gone";
-      }
-      const node = await this.writer.addFile(
-        fileNode(entry.path, before),
-        readContent(fh, before, this.options.signal),
-        {
-          existedInParent,
-        },
-      );
-      this.fileDone(entry.path, node.size ?? 0, false);
-      return "done";
-    } catch (err) {
-      if (err instanceof FileChangedError) return "changed";
-      if (isReadError(err)) {
-        this.warn(entry.path, `skipped, reading failed: ${(err as Error).message}`);
-        return "gone";
-      }
-      throw err;
-    } finally {
-      await fh.close();
-    }
+    const outcome = this.writer.addLocalFile(entry.abs, size, {
+      existedInParent,
+      attempts: READ_ATTEMPTS,
+      node: (stat) => localFileNode(entry.path, stat),
+    });
+    this.inFlight.add(
+      outcome.then((o) =>
+        o.added ? this.fileDone(entry.path, o.node.size ?? 0, false) : this.warn(entry.path, o.message),
+      ),
+      size <= LOCAL_FILE_MAX_BYTES ? size : 0,
+    );
   }
 
   private fileDone(path: string, size: number, wasUnchanged: boolean): void {
@@ -338,28 +289,6 @@ class FsBackup {
 }
 
 /** Read errors of the source file (not of the repository): EIO, EACCES mid-read, ... */
-function isReadError(err: unknown): boolean {
-  const code = (err as { code?: unknown } | null)?.code;
-  return typeof code === "string" && code.startsWith("E") && !(err instanceof IotvaultError);
-}
-
-/** Streams a file through one reused buffer; throws FileChangedError when it changes meanwhile. */
-async function* readContent(fh: FileHandle, before: BigIntStats, signal: AbortSignal | undefined) {
-  const size = Number(before.size);
-  const buffer = Buffer.allocUnsafe(Math.min(READ_BUFFER, Math.max(1, size)));
-  let position = 0;
-  while (position < size) {
-    signal?.throwIfAborted();
-    const { bytesRead } = await fh.read(buffer, 0, buffer.length, position);
-    if (bytesRead === 0) break;
-    position += bytesRead;
-    yield buffer.subarray(0, bytesRead);
-  }
-  const after = await fh.stat({ bigint: true });
-  if (after.size !== BigInt(position) || !sameContentStat(before, after)) {
-    throw new FileChangedError("the file changed while it was read");
-  }
-}
 
 function baseNode(entry: WalkEntry, type: "dir" | "symlink"): TreeNode {
   const s = entry.stat;
@@ -388,7 +317,8 @@ function fileNode(path: string, s: BigIntStats): Omit<TreeNode, "chunks" | "sha2
   };
 }
 
-function localFileNode(path: string, s: LocalFileStat): Omit<TreeNode, "chunks" | "sha256"> {
+/** The node of a file read by the writer, from the stat it was opened under. */
+export function localFileNode(path: string, s: LocalFileStat): Omit<TreeNode, "chunks" | "sha256"> {
   return {
     path,
     type: "file",

@@ -15,7 +15,7 @@
  *   write in the same clock tick as the parent's read would be invisible).
  */
 import { closeSync, constants, fstatSync, openSync, readdirSync, readSync, type BigIntStats } from "node:fs";
-import { open, readlink, type FileHandle } from "node:fs/promises";
+import { readlink } from "node:fs/promises";
 import { IotvaultError } from "@iotvault/errors";
 import {
   LOCAL_FILE_MAX_BYTES,
@@ -25,6 +25,7 @@ import {
   type SnapshotManifest,
   type TreeNode,
 } from "@iotvault/repo";
+import { localFileNode } from "../fs/backup.js";
 import { InFlight } from "../fs/in-flight.js";
 import { walk, type WalkEntry } from "../fs/walk.js";
 import type { SourceProgress } from "../adapter.js";
@@ -63,7 +64,6 @@ const TEMP_RELATION = /^t\d+_\d+/;
 const RELATION_FORK = /^(\d+)(?:_fsm|_vm|\.\d+)?$/;
 const IN_FLIGHT_CALLS = 256;
 const IN_FLIGHT_BYTES = 64 * 1024 * 1024;
-const READ_BUFFER = 4 * 1024 * 1024;
 const PROGRESS_MS = 200;
 
 export interface CopyOptions {
@@ -219,23 +219,6 @@ async function* once(data: Buffer): AsyncGenerator<Buffer> {
   yield data;
 }
 
-/** Streams a large file, the next read issued before the current piece is handed over. */
-async function* readLarge(fh: FileHandle, signal: AbortSignal | undefined, count: (n: number) => void) {
-  let position = 0;
-  const readAt = (at: number) => fh.read(Buffer.allocUnsafe(READ_BUFFER), 0, READ_BUFFER, at);
-  let pending = readAt(0);
-  for (;;) {
-    signal?.throwIfAborted();
-    const { bytesRead, buffer } = await pending;
-    if (bytesRead === 0) return;
-    position += bytesRead;
-    count(bytesRead);
-    pending = readAt(position);
-    pending.catch(() => undefined); // awaited on the next turn
-    yield buffer.subarray(0, bytesRead);
-  }
-}
-
 class DataDirCopy {
   readonly result: CopyResult = {
     files: 0,
@@ -339,29 +322,27 @@ class DataDirCopy {
       );
       return;
     }
-    let fh: FileHandle;
-    try {
-      fh = await open(e.abs, constants.O_RDONLY | constants.O_NOFOLLOW);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === "ENOENT") {
-        this.result.vanished++;
-        return;
-      }
-      throw err;
-    }
-    try {
-      const stat = await fh.stat({ bigint: true });
-      let bytes = 0;
-      const node = await this.writer.addFile(
-        fileNode(e.path, stat),
-        readLarge(fh, this.options.signal, (n) => (bytes += n)),
-        { existedInParent: !!this.options.parent },
-      );
-      this.noteRead(e.path, bytes);
-      this.fileDone(e.path, node.size ?? 0);
-    } finally {
-      await fh.close();
-    }
+    // A large relation file is streamed through one worker a segment at a time (hashing,
+    // chunking and sealing off this thread). Pages written meanwhile are kept as read: WAL
+    // replay repairs torn pages, as for any base backup.
+    const outcome = this.writer.addLocalFile(e.abs, Number(e.stat.size), {
+      existedInParent: !!this.options.parent,
+      tolerateChanges: true,
+      node: (stat) => localFileNode(e.path, stat),
+    });
+    this.inFlight.add(
+      outcome.then((o) => {
+        if (o.added) {
+          this.noteRead(e.path, o.node.size ?? 0);
+          this.fileDone(e.path, o.node.size ?? 0);
+        } else if (/ENOENT/.test(o.message)) this.result.vanished++;
+        else {
+          throw new IotvaultError("UNAVAILABLE", `cannot read ${e.path} in the data directory: ${o.message}`, {
+            hint: "the backup needs every file of the data directory; check the permissions of this service's OS user",
+          });
+        }
+      }),
+    );
   }
 
   private fileDone(path: string, size: number): void {

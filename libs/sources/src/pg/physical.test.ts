@@ -59,6 +59,18 @@ async function recoverTo(s: PgSandbox, snapshot: SnapshotManifest, name: string,
   return { result: r, cluster: r.cluster! };
 }
 
+const BIG_DIGEST = "SELECT count(*)::text || ':' || md5(string_agg(payload, '' ORDER BY id)) AS d FROM big";
+
+async function bigDigest(cluster: LocalCluster): Promise<string> {
+  const client = new pg.Client({ host: "127.0.0.1", port: cluster.port, user: "postgres", database: "postgres" });
+  await client.connect();
+  try {
+    return (await client.query<{ d: string }>(BIG_DIGEST)).rows[0]!.d;
+  } finally {
+    await client.end();
+  }
+}
+
 async function values(cluster: LocalCluster): Promise<string[]> {
   const client = new pg.Client({ host: "127.0.0.1", port: cluster.port, user: "postgres", database: "postgres" });
   await client.connect();
@@ -81,7 +93,9 @@ describe(
       s = await startPgSandbox({ archive: true });
       await s.sql("postgres", "CREATE TABLE events (id serial PRIMARY KEY, v text NOT NULL)");
       await s.sql("postgres", "CREATE TABLE big (id int, payload text)");
-      await s.sql("postgres", "INSERT INTO big SELECT i, repeat(md5(i::text), 8) FROM generate_series(1, 20000) i");
+      // About 14 MiB: its relation file is larger than LOCAL_FILE_MAX_BYTES, so it is streamed a segment at a time.
+      await s.sql("postgres", "INSERT INTO big SELECT i, repeat(md5(i::text), 8) FROM generate_series(1, 50000) i");
+      marks["big"] = (await s.sql<{ d: string }>("postgres", BIG_DIGEST))[0]!.d;
       await s.sql("postgres", "INSERT INTO events (v) VALUES ('before-backup')");
       await s.sql("postgres", "CHECKPOINT");
       // Files written just before a backup count as changed for the next one (racy mtime).
@@ -117,6 +131,7 @@ describe(
     it("recovers to a time: the row committed before it is there, the one after it is not", async () => {
       const { cluster, result } = await recoverTo(s, full, "pitr-time", { recovery_target_time: marks["time"]! });
       assert.deepEqual(await values(cluster), ["before-backup", "A"]);
+      assert.equal(await bigDigest(cluster), marks["big"], "the streamed large relation came back whole");
       assert.equal(result.recovery!.promoted, true);
       assert.match(result.recovery!.stoppedAt ?? "", /recovery stopping before commit/);
       await cluster.stop();
