@@ -29,7 +29,8 @@ const USAGE = `usage: node bench/dist/pg.js [options]
   --workdir DIR    where the cluster, repositories and restores go (default bench/out/pg-work)
   --keep           keep the work directory
   --no-pgbackrest  iotvault only
-  --no-logical     skip pg_dump and the logical backup`;
+  --no-logical     skip pg_dump and the logical backup
+  --profile DIR    run the services with --cpu-prof, profiles written to DIR when they stop`;
 
 interface Options {
   scale: number;
@@ -39,6 +40,7 @@ interface Options {
   keep: boolean;
   pgbackrest: boolean;
   logical: boolean;
+  profileDir: string | undefined;
 }
 
 function options(): Options {
@@ -51,6 +53,7 @@ function options(): Options {
       keep: { type: "boolean", default: false },
       "no-pgbackrest": { type: "boolean", default: false },
       "no-logical": { type: "boolean", default: false },
+      profile: { type: "string" },
       help: { type: "boolean", default: false },
     },
   });
@@ -66,6 +69,7 @@ function options(): Options {
     keep: values.keep,
     pgbackrest: !values["no-pgbackrest"],
     logical: !values["no-logical"],
+    profileDir: values.profile === undefined ? undefined : resolve(values.profile),
   };
 }
 
@@ -143,13 +147,17 @@ async function main(): Promise<void> {
   const keyFile = join(w, "wal.key");
   const config = join(w, "iotvault.yaml");
   writeFileSync(config, "repository:\n  compressionLevel: 1\n");
-  const stack = await BenchStack.start(join(w, "stack"), {
-    IOTVAULT_CONFIG: config,
-    IOTVAULT_SCRYPT_LOGN: "14",
-    IOTVAULT_STORAGE_ROOTS: w,
-    IOTVAULT_COMMAND: `${process.execPath} ${CLI}`,
-    IOTVAULT_WAL_KEY_FILE: keyFile,
-  });
+  const stack = await BenchStack.start(
+    join(w, "stack"),
+    {
+      IOTVAULT_CONFIG: config,
+      IOTVAULT_SCRYPT_LOGN: "14",
+      IOTVAULT_STORAGE_ROOTS: w,
+      IOTVAULT_COMMAND: `${process.execPath} ${CLI}`,
+      IOTVAULT_WAL_KEY_FILE: keyFile,
+    },
+    o.profileDir ? ["--cpu-prof", `--cpu-prof-dir=${o.profileDir}`] : [],
+  );
   const pgDir = emptyDir(join(w, "pg"));
   chmodSync(pgDir, 0o755);
   const cluster = await LocalCluster.init(join(pgDir, "data"), { runDir: join(pgDir, "run") });

@@ -22,13 +22,11 @@ import {
   VerifyResult,
 } from "@iotvault/proto";
 import { Repository, type RepositorySecret } from "@iotvault/repo";
-import { GatewayObjectStore, callServerStream, callUnary } from "@iotvault/rpc";
-import { makeGatewayTree } from "@iotvault/sample";
-import { readSpans, renderTraceTree } from "@iotvault/telemetry";
+import { GatewayObjectStore, callServerStream, callUnary } from "@iotvault/rpc/client";
 import { flag, list, parse, required, str, type Parsed } from "./args.js";
 import type { Context } from "./context.js";
 import { ProgressBar, formatBytes, formatDuration, formatTime, table } from "./output.js";
-import { stackDown, stackStatus, stackUp } from "./stack.js";
+import type { stackStatus } from "./stack.js";
 
 const short = (id: string) => id.slice(0, 12);
 
@@ -74,6 +72,7 @@ export async function stack(ctx: Context, argv: string[]): Promise<void> {
   const p = parse(argv, {}, usage);
   const sub = required(p.positionals[0], "stack command (up, down or status)", usage);
   const log = (line: string) => ctx.info(line);
+  const { stackDown, stackStatus, stackUp } = await import("./stack.js");
   if (sub === "up") {
     const status = await stackUp(ctx.config, ctx.env, log);
     ctx.print(
@@ -796,6 +795,7 @@ export async function traceCmd(ctx: Context, argv: string[]): Promise<void> {
     traceId = res.run!.traceId;
     if (!traceId) throw new IotvaultError("NOT_FOUND", `run ${id} has no trace id recorded`);
   }
+  const { readSpans, renderTraceTree } = await import("@iotvault/telemetry");
   const spans = await readSpans(ctx.config.paths.traces, traceId);
   if (spans.length === 0) {
     throw new IotvaultError("NOT_FOUND", `no spans of trace ${traceId} under ${ctx.config.paths.traces}`, {
@@ -815,6 +815,7 @@ export async function sample(ctx: Context, argv: string[]): Promise<void> {
   const p = parse(argv, { "size-mib": { type: "string" }, seed: { type: "string" } }, usage);
   const dir = resolve(p.positionals[0] ?? (await mkdtemp("/tmp/iotvault-sample-")));
   const sizeMiB = positive(str(p, "size-mib"), "--size-mib", 32);
+  const { makeGatewayTree } = await import("@iotvault/sample");
   const summary = await makeGatewayTree(dir, {
     sizeBytes: Math.round(sizeMiB * 1048576),
     seed: positive(str(p, "seed"), "--seed", 1),

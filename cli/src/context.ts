@@ -9,8 +9,8 @@ import {
   SchedulerServiceClient,
   StorageGatewayServiceClient,
 } from "@iotvault/proto";
-import { createClient } from "@iotvault/rpc";
-import { Bus } from "@iotvault/bus";
+import { createClient } from "@iotvault/rpc/client";
+import type { Bus } from "@iotvault/bus";
 import type * as grpc from "@grpc/grpc-js";
 
 type ClientCtor<C> = new (address: string, creds: grpc.ChannelCredentials, options?: grpc.ClientOptions) => C;
@@ -51,12 +51,14 @@ export class Context {
 
   /** The NATS connection, for commands that publish events (forget, prune, hold). */
   bus(): Promise<Bus> {
-    this.busConnection ??= Bus.connect({
-      url: this.config.nats.url,
-      name: "iotvault-cli",
-      credsFile: this.config.nats.credsFile,
-      logger: { info: () => undefined, warn: () => undefined, error: () => undefined },
-    });
+    this.busConnection ??= import("@iotvault/bus").then(({ Bus }) =>
+      Bus.connect({
+        url: this.config.nats.url,
+        name: "iotvault-cli",
+        credsFile: this.config.nats.credsFile,
+        logger: { info: () => undefined, warn: () => undefined, error: () => undefined },
+      }),
+    );
     return this.busConnection;
   }
 

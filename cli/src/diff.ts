@@ -11,7 +11,7 @@
  */
 import { IotvaultError } from "@iotvault/errors";
 import { DiffResponse, type GraphDelta } from "@iotvault/proto";
-import { callUnary } from "@iotvault/rpc";
+import { callUnary } from "@iotvault/rpc/client";
 import { parse, required, str } from "./args.js";
 import type { Context } from "./context.js";
 import { formatBytes } from "./output.js";

@@ -8,7 +8,7 @@
 import { resolve } from "node:path";
 import { IotvaultError } from "@iotvault/errors";
 import { RestoreResult, type Snapshot } from "@iotvault/proto";
-import { callServerStream, callUnary } from "@iotvault/rpc";
+import { callServerStream, callUnary } from "@iotvault/rpc/client";
 import { flag, list, parse, required, str } from "./args.js";
 import type { Context } from "./context.js";
 import { formatBytes, table } from "./output.js";

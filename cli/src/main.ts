@@ -4,13 +4,8 @@
  * them on this host. `iotvault help` lists the commands; every command takes --json.
  */
 import { toIotvaultError } from "@iotvault/errors";
-import { backup, job, key, repo, restore, runs, sample, snapshots, stack, traceCmd, verify } from "./commands.js";
 import { UsageRequested } from "./args.js";
-import { Context } from "./context.js";
-import { diff } from "./diff.js";
-import { catalog, forget, hold, locks, prune } from "./retention.js";
-import { restoreGroup } from "./group.js";
-import { drillCmd, walFetchCmd, walListCmd, walPruneCmd, walPushCmd } from "./postgres.js";
+import type { Context } from "./context.js";
 
 const HELP = `iotvault — backup and restore for IoT platforms
 
@@ -72,30 +67,40 @@ The repository passphrase comes from IOTVAULT_PASSWORD or IOTVAULT_PASSWORD_FILE
 file: IOTVAULT_KEY_FILE).
 Set IOTVAULT_DEBUG=1 to see stack traces of errors.`;
 
-const COMMANDS: Record<string, (ctx: Context, argv: string[]) => Promise<void>> = {
-  stack,
-  repo,
-  key,
-  job,
-  backup,
-  runs,
-  snapshots,
-  restore,
-  verify,
-  diff,
-  trace: traceCmd,
-  forget,
-  prune,
-  "restore-group": restoreGroup,
-  hold,
-  locks,
-  catalog,
-  sample,
-  "wal-push": walPushCmd,
-  "wal-fetch": walFetchCmd,
-  "wal-list": walListCmd,
-  "wal-prune": walPruneCmd,
-  drill: drillCmd,
+type Command = (ctx: Context, argv: string[]) => Promise<void>;
+
+/**
+ * Each command's module is loaded when the command runs: loading every module (gRPC, NATS, the
+ * repository, the telemetry SDK) costs about half a second, and some commands run often
+ * (wal-push is PostgreSQL's archive_command, once per WAL segment).
+ */
+const commands = () => import("./commands.js");
+const retention = () => import("./retention.js");
+const postgres = () => import("./postgres.js");
+const COMMANDS: Record<string, () => Promise<Command>> = {
+  stack: async () => (await commands()).stack,
+  repo: async () => (await commands()).repo,
+  key: async () => (await commands()).key,
+  job: async () => (await commands()).job,
+  backup: async () => (await commands()).backup,
+  runs: async () => (await commands()).runs,
+  snapshots: async () => (await commands()).snapshots,
+  restore: async () => (await commands()).restore,
+  verify: async () => (await commands()).verify,
+  diff: async () => (await import("./diff.js")).diff,
+  trace: async () => (await commands()).traceCmd,
+  forget: async () => (await retention()).forget,
+  prune: async () => (await retention()).prune,
+  "restore-group": async () => (await import("./group.js")).restoreGroup,
+  hold: async () => (await retention()).hold,
+  locks: async () => (await retention()).locks,
+  catalog: async () => (await retention()).catalog,
+  sample: async () => (await commands()).sample,
+  "wal-push": async () => (await postgres()).walPushCmd,
+  "wal-fetch": async () => (await postgres()).walFetchCmd,
+  "wal-list": async () => (await postgres()).walListCmd,
+  "wal-prune": async () => (await postgres()).walPruneCmd,
+  drill: async () => (await postgres()).drillCmd,
 };
 
 async function main(argv: string[]): Promise<number> {
@@ -104,14 +109,15 @@ async function main(argv: string[]): Promise<number> {
     process.stdout.write(HELP + "\n");
     return command ? 0 : 2;
   }
-  const run = COMMANDS[command];
+  const load = COMMANDS[command];
   const json = rest.includes("--json");
-  if (!run) {
+  if (!load) {
     process.stderr.write(`iotvault: unknown command "${command}"\n\n${HELP}\n`);
     return 2;
   }
   let ctx: Context | undefined;
   try {
+    const [run, { Context }] = await Promise.all([load(), import("./context.js")]);
     ctx = new Context(process.env, json);
     await run(ctx, rest);
     return typeof process.exitCode === "number" ? process.exitCode : 0;

@@ -23,7 +23,7 @@ import { readRepositorySecret } from "@iotvault/config";
 import { IotvaultError, isCode, toIotvaultError } from "@iotvault/errors";
 import { DrillResult, Job, SUBJECTS, WalArchived } from "@iotvault/proto";
 import { Repository } from "@iotvault/repo";
-import { GatewayObjectStore, callServerStream, callUnary } from "@iotvault/rpc";
+import { GatewayObjectStore, callServerStream, callUnary } from "@iotvault/rpc/client";
 import type { WalObject, WalPushResult } from "@iotvault/sources/wal";
 import { UsageRequested, flag, list, parse, required, str } from "./args.js";
 import type { Context } from "./context.js";

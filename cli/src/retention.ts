@@ -16,7 +16,7 @@ import {
   type RebuildRepositoryRequest,
 } from "@iotvault/proto";
 import { Repository, policyFromJobRetention, type SnapshotManifest } from "@iotvault/repo";
-import { GatewayObjectStore, callClientStream, callUnary } from "@iotvault/rpc";
+import { GatewayObjectStore, callClientStream, callUnary } from "@iotvault/rpc/client";
 import { readRepositorySecret } from "@iotvault/config";
 import { flag, parse, required, str } from "./args.js";
 import type { Context } from "./context.js";

@@ -1,9 +1,11 @@
 import * as grpc from "@grpc/grpc-js";
 import { IotvaultError } from "@iotvault/errors";
 import { drained } from "./handlers.js";
-import { DEFAULT_MAX_MESSAGE_BYTES } from "./server.js";
 import { toIotvaultError, type CallTarget } from "./status.js";
 import { traceInterceptor } from "./tracing.js";
+
+/** 8 MiB: the default limit of a message, both ways (the gRPC default is 4 MiB). */
+export const DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024;
 
 export interface CreateClientOptions {
   /** Limit of one message, both ways (default 8 MiB, like the server). */

@@ -14,7 +14,7 @@ import {
   type ObjectInfo,
   type ObjectStore,
   type PutOptions,
-} from "@iotvault/storage";
+} from "@iotvault/storage/contract";
 import {
   callClientStream,
   callServerStream,

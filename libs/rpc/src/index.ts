@@ -30,7 +30,6 @@
 export {
   startGrpcServer,
   instrumentService,
-  DEFAULT_MAX_MESSAGE_BYTES,
   type GrpcServerHandle,
   type GrpcServerOptions,
   type ServiceBinding,
@@ -47,13 +46,22 @@ export {
   type BidiStreamHandler,
 } from "./handlers.js";
 export {
+  DEFAULT_MAX_MESSAGE_BYTES,
   createClient,
   callUnary,
   callServerStream,
   callClientStream,
   serviceLabel,
+  toIotvaultError,
+  GatewayObjectStore,
+  GATEWAY_CHUNK_BYTES,
+  encodeBytesMessage,
   type CallOptions,
+  type CallTarget,
   type CreateClientOptions,
+  type GatewayObjectStoreOptions,
+} from "./client-only.js";
+export {
   type UnaryMethod,
   type ServerStreamMethod,
   type ClientStreamMethod,
@@ -61,19 +69,6 @@ export {
   type ServerStreamMethodName,
   type ClientStreamMethodName,
 } from "./client.js";
-export {
-  toIotvaultError,
-  grpcStatusOf,
-  errorCodeOfStatus,
-  ERROR_METADATA,
-  type CallTarget,
-  type GrpcStatusError,
-} from "./status.js";
+export { grpcStatusOf, errorCodeOfStatus, ERROR_METADATA, type GrpcStatusError } from "./status.js";
 export { traceInterceptor, extractContext, RPC_TRACER_NAME } from "./tracing.js";
 export { checkHealth, type CheckHealthOptions, type HealthStatus } from "./health.js";
-export {
-  GatewayObjectStore,
-  GATEWAY_CHUNK_BYTES,
-  encodeBytesMessage,
-  type GatewayObjectStoreOptions,
-} from "./gateway-store.js";

@@ -11,11 +11,10 @@ import {
 import { HealthImplementation } from "grpc-health-check";
 import { IotvaultError } from "@iotvault/errors";
 import { createLogger, recordError, type Logger } from "@iotvault/telemetry";
+import { DEFAULT_MAX_MESSAGE_BYTES } from "./client.js";
 import { knownError, toStatusError, type GrpcStatusError } from "./status.js";
 import { describePath, extractContext, RPC_TRACER_NAME, rpcAttributes } from "./tracing.js";
 
-/** 8 MiB: the default limit of a message, both ways (the gRPC default is 4 MiB). */
-export const DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024;
 const DEFAULT_GRACE_MS = 10_000;
 
 export interface ServiceBinding {
