@@ -66,6 +66,13 @@ export interface LocalFileOptions {
    * read. The file is streamed through one worker whatever its size.
    */
   tolerateChanges?: boolean | undefined;
+  /**
+   * Cut the file into chunks of the chunker's average size at fixed offsets instead of at
+   * content-defined boundaries (streamed files only): for files whose pages are updated in place
+   * and never shift, such as a database's relation files. A changed page changes one chunk, as
+   * with content-defined chunks, and no time is spent finding boundaries.
+   */
+  fixedChunks?: boolean | undefined;
   /** Builds the file's node from the stat its content was read under (size, chunks, sha256 are filled in). */
   node(stat: LocalFileStat): Omit<TreeNode, "chunks" | "sha256">;
 }
@@ -255,7 +262,7 @@ export class BackupSession implements BackupWriter {
     const read = (known: KnownChunks | undefined) =>
       this.sealer.sealStreamedLocalFile(
         absPath,
-        { attempts, tolerateChanges: options.tolerateChanges, known: known?.shared },
+        { attempts, tolerateChanges: options.tolerateChanges, fixedChunks: options.fixedChunks, known: known?.shared },
         () => this.core.currentKey(),
         (chunks) => {
           this.checkRunning();

@@ -89,13 +89,21 @@ export interface LargeReadOptions {
    * whose fstat before and after the read disagree comes out as "changed".
    */
   tolerateChanges?: boolean | undefined;
+  /** Cut chunks at fixed offsets (see LocalFileOptions.fixedChunks) instead of content-defined boundaries. */
+  fixedChunks?: boolean | undefined;
 }
 
 /** What one step of a LocalFileStream gave: complete chunks so far, and at the end the file's summary. */
 export type StreamStep<C> =
-  | { kind: "chunks"; chunks: C[] }
-  | { kind: "end"; chunks: C[]; stat: LocalFileStat; sha256: string; size: number }
+  | { kind: "chunks"; chunks: C[]; read: ReadSpan }
+  | { kind: "end"; chunks: C[]; read: ReadSpan; stat: LocalFileStat; sha256: string; size: number }
   | StreamRefusal;
+
+/** Where a step's new bytes were read: a byte offset in the memory (ArrayBuffer) of the step's buffer, and a length. */
+export interface ReadSpan {
+  at: number;
+  length: number;
+}
 
 /** A chunk of a streamed file that was not sealed: the caller said it is known already. */
 export interface KnownChunk {
@@ -119,21 +127,30 @@ export const STREAM_SEGMENT_BYTES = 8 * 1024 * 1024;
  */
 export class LocalFileStream {
   private readonly hash = createHash("sha256");
-  private buffer: Buffer;
-  /** Bytes of `buffer` read and not yet cut into chunks (they start at 0). */
+  /** Where the last segment was read (the stream's own buffer, or the caller's `into`). */
+  private buffer: Buffer | undefined;
+  private own: Buffer | undefined;
+  /** Bytes of `buffer` read and not yet cut into chunks, from `carryAt`. */
   private carry = 0;
+  private carryAt = 0;
   private position = 0;
   private closed = false;
-  private readonly known: BigUint64Array | undefined;
 
   private constructor(
     private readonly core: PipelineCore,
     private readonly fd: number,
     private readonly before: BigIntStats,
     private readonly options: LargeReadOptions,
-  ) {
-    this.buffer = Buffer.allocUnsafeSlow(STREAM_SEGMENT_BYTES + core.params.chunker.maxSize);
-    this.known = options.known ? new BigUint64Array(options.known) : undefined;
+  ) {}
+
+  /** Bytes a buffer given to next() must hold: a segment and the largest carry. */
+  static bufferBytes(core: PipelineCore): number {
+    return STREAM_SEGMENT_BYTES + core.params.chunker.maxSize;
+  }
+
+  /** The table of known chunks it was opened with (see LargeReadOptions.known). */
+  get known(): SharedArrayBuffer | undefined {
+    return this.options.known;
   }
 
   /** Opens `path` (O_NOFOLLOW); "gone" when it vanished or is no longer a regular file. */
@@ -158,15 +175,27 @@ export class LocalFileStream {
   }
 
   /**
-   * Reads the next segment and seals every chunk that is complete; at the end of the file, the
-   * rest, the file's hash and its stat. The stream closes itself after an "end", "changed" or
-   * "gone" step.
+   * Reads the next segment and hands every chunk that is complete to `take` (see
+   * PipelineCore.sealing), in file order; at the end of the file, the rest, the file's hash and
+   * its stat. The stream closes itself after an "end", "changed" or "gone" step.
+   *
+   * Without `into`, the segment is read into the stream's own buffer and the plaintext `take`
+   * gets is valid during the call only. With `into` (bufferBytes() long, e.g. a slot of memory
+   * shared with other threads), the carry of the last step is copied to its start and the
+   * segment read after it: the chunks stay there, untouched by the stream, until the caller
+   * reuses `into` (the previous step's buffer is only read, for its carry).
+   *
+   * With `hashElsewhere`, the file's SHA-256 is left to the caller (over each step's `read`
+   * span, in order): the "end" step's sha256 is then empty.
    */
-  next<C>(
-    seal: (plain: Uint8Array, id: string) => C,
-  ): StreamStep<(C & { id: string; rawLength: number }) | KnownChunk> {
+  next<C>(take: (plain: Uint8Array) => C, into?: Buffer, hashElsewhere = false): StreamStep<C> {
     if (this.closed) return { kind: "gone", message: "the file stream is closed" };
     try {
+      const target = into ?? (this.own ??= Buffer.allocUnsafeSlow(LocalFileStream.bufferBytes(this.core)));
+      if (this.buffer && this.carry > 0 && (target !== this.buffer || this.carryAt !== 0))
+        this.buffer.copy(target, 0, this.carryAt, this.carryAt + this.carry);
+      this.buffer = target;
+      this.carryAt = 0;
       const size = Number(this.before.size);
       // Without tolerateChanges, never read past the size the file had when it was opened.
       const want = this.options.tolerateChanges
@@ -174,32 +203,29 @@ export class LocalFileStream {
         : Math.min(STREAM_SEGMENT_BYTES, size - this.position);
       let got = 0;
       while (got < want) {
-        const n = readSync(this.fd, this.buffer, this.carry + got, want - got, this.position + got);
+        const n = readSync(this.fd, target, this.carry + got, want - got, this.position + got);
         if (n === 0) break;
         got += n;
       }
-      this.hash.update(this.buffer.subarray(this.carry, this.carry + got));
+      if (!hashElsewhere) this.hash.update(target.subarray(this.carry, this.carry + got));
+      const read = { at: target.byteOffset + this.carry, length: got };
       this.position += got;
       const available = this.carry + got;
       const atEnd = got < want || (!this.options.tolerateChanges && this.position >= size);
-      const chunks: ((C & { id: string; rawLength: number }) | KnownChunk)[] = [];
-      const maxSize = this.core.params.chunker.maxSize;
+      const chunks: C[] = [];
+      // Fixed chunks are the chunker's average size; content-defined cuts need a largest chunk ahead.
+      const fixed = this.options.fixedChunks ? this.core.params.chunker.avgSize : 0;
+      const ahead = fixed || this.core.params.chunker.maxSize;
       let start = 0;
-      while (start < available && (atEnd || available - start >= maxSize)) {
-        const length = this.core.cutAt(this.buffer, start, available);
-        const plain = this.buffer.subarray(start, start + length);
-        const id = this.core.idOf(plain);
-        chunks.push(
-          this.known && knownIn(this.known, id)
-            ? { id, rawLength: length, known: true }
-            : { id, rawLength: length, ...seal(plain, id) },
-        );
+      while (start < available && (atEnd || available - start >= ahead)) {
+        const length = fixed ? Math.min(fixed, available - start) : this.core.cutAt(target, start, available);
+        chunks.push(take(target.subarray(start, start + length)));
         start += length;
       }
       if (!atEnd) {
-        this.buffer.copy(this.buffer, 0, start, available);
+        this.carryAt = start;
         this.carry = available - start;
-        return { kind: "chunks", chunks };
+        return { kind: "chunks", chunks, read };
       }
       const after = fstatSync(this.fd, { bigint: true });
       this.close();
@@ -211,8 +237,9 @@ export class LocalFileStream {
       return {
         kind: "end",
         chunks,
+        read,
         stat: { ...stat, size: this.position },
-        sha256: this.hash.digest("hex"),
+        sha256: hashElsewhere ? "" : this.hash.digest("hex"),
         size: this.position,
       };
     } catch (err) {
@@ -280,14 +307,40 @@ export class PipelineCore {
     return LocalFileStream.open(this, path, options);
   }
 
-  /** Seals into `arena` (for LocalFileStream.next). */
+  /**
+   * A chunk handler for LocalFileStream.next: the chunk's id, then a KnownChunk when the id is
+   * in `known` (a KnownChunks' buffer), else what `seal` makes of it.
+   */
+  sealing<S>(
+    known: SharedArrayBuffer | undefined,
+    seal: (plain: Uint8Array, id: string) => S,
+  ): (plain: Uint8Array) => (S & { id: string; rawLength: number }) | KnownChunk {
+    const table = known ? new BigUint64Array(known) : undefined;
+    return (plain) => {
+      const id = this.idOf(plain);
+      return table && knownIn(table, id)
+        ? { id, rawLength: plain.length, known: true }
+        : { id, rawLength: plain.length, ...seal(plain, id) };
+    };
+  }
+
+  /** Seals into `arena` (for sealing()). */
   sealerInto(key: SealKey, arena: Arena) {
     return (plain: Uint8Array, id: string) => this.sealer.sealInto(plain, id, key, arena);
   }
 
-  /** Seals into buffers of their own (for LocalFileStream.next in the calling thread). */
+  /** Seals into buffers of their own (for sealing() in the calling thread). */
   sealerOwn(key: SealKey) {
     return (plain: Uint8Array, id: string) => this.sealer.seal(plain, id, key);
+  }
+
+  /**
+   * Hashes, checks against `known` and seals one chunk handed over by another thread's stream
+   * (see LocalFileStream and WorkerSealer): the stream's thread only cuts, so that one large
+   * file keeps every worker busy.
+   */
+  sealPlainInto(plain: Uint8Array, known: SharedArrayBuffer | undefined, key: SealKey, arena: Arena) {
+    return this.sealing(known, this.sealerInto(key, arena))(plain);
   }
 
   /**

@@ -4,11 +4,12 @@
  * (the caller reuses it), opened plaintexts come back as their own buffers. Every buffer moves
  * by transfer, never by copy.
  */
+import { createHash, type Hash } from "node:crypto";
 import { parentPort } from "node:worker_threads";
 import { Arena } from "./blob.js";
 import { LocalFileStream, PipelineCore, STREAM_SEGMENT_BYTES } from "./pipeline-core.js";
 import { YoungGc } from "./young-gc.js";
-import type { BatchReply, JobBatch, JobResult, OpenedResult, WorkerInit } from "./workers.js";
+import type { BatchReply, JobBatch, JobResult, OpenedResult, StreamChunkRef, WorkerInit } from "./workers.js";
 
 const port = parentPort;
 /** Dead buffers are collected every few MiB (see young-gc.ts). */
@@ -16,6 +17,8 @@ const youngGc = new YoungGc(8 * 1024 * 1024);
 let core: PipelineCore | undefined;
 /** Large files being streamed, by the caller's token (their segments come to this worker only). */
 const streams = new Map<number, LocalFileStream>();
+/** SHA-256 of split streams' files, by the caller's token (a split stream's worker leaves it to another). */
+const fileHashes = new Map<number, Hash>();
 
 /** A buffer that owns its whole ArrayBuffer (to be transferred), copying when it does not. */
 function standalone(buf: Uint8Array): Uint8Array {
@@ -33,6 +36,11 @@ function run(batch: JobBatch, pipeline: PipelineCore, arena: Arena, transfer: Ar
       switch (job.kind) {
         case "chunk": {
           return { ok: true, kind: "chunk", ...pipeline.sealChunkInto(job.data, job.id, key, arena) };
+        }
+        case "plain": {
+          const plain = new Uint8Array(job.ring, job.at, job.length);
+          const c = pipeline.sealPlainInto(plain, job.known, key, arena);
+          return { ok: true, kind: "plain", chunk: "known" in c ? { ...c, flags: 0, at: 0, length: 0 } : c };
         }
         case "file": {
           const f = pipeline.sealFileInto(job.data, key, arena);
@@ -59,13 +67,35 @@ function run(batch: JobBatch, pipeline: PipelineCore, arena: Arena, transfer: Ar
             stream = opened;
             streams.set(job.token, stream);
           }
-          const step = stream.next(pipeline.sealerInto(key, arena));
+          // Split: the segment is read into a slot of the caller's shared ring and this thread
+          // only cuts (and hashes the file); each chunk is sealed by whichever worker is free
+          // (a "plain" job reading it from the ring).
+          const step = job.slot
+            ? stream.next(
+                (plain): StreamChunkRef => ({ rawLength: plain.length, ringAt: plain.byteOffset }),
+                Buffer.from(job.slot.ring, job.slot.at, job.slot.length),
+                true,
+              )
+            : stream.next(pipeline.sealing(stream.known, pipeline.sealerInto(key, arena)));
           if (step.kind !== "chunks") streams.delete(job.token);
           if ("message" in step) return { ok: true, kind: "stream", outcome: step.kind, message: step.message };
           const chunks = step.chunks.map((c) => ("known" in c ? { ...c, flags: 0, at: 0, length: 0 } : c));
-          if (step.kind === "chunks") return { ok: true, kind: "stream", chunks };
-          const { stat, sha256, size } = step;
-          return { ok: true, kind: "stream", chunks, stat, sha256, size };
+          if (step.kind === "chunks") return { ok: true, kind: "stream", chunks, read: step.read };
+          const { stat, sha256, size, read } = step;
+          return { ok: true, kind: "stream", chunks, read, stat, sha256, size };
+        }
+        case "hash": {
+          // The file hash of a split stream: its segments in order, from the shared ring.
+          if (job.drop) {
+            fileHashes.delete(job.token);
+            return { ok: true, kind: "hash" };
+          }
+          let hash = fileHashes.get(job.token);
+          if (!hash) fileHashes.set(job.token, (hash = createHash("sha256")));
+          hash.update(new Uint8Array(job.ring, job.at, job.length));
+          if (!job.final) return { ok: true, kind: "hash" };
+          fileHashes.delete(job.token);
+          return { ok: true, kind: "hash", sha256: hash.digest("hex") };
         }
         case "open": {
           const blobs = job.blobs.map((ref): OpenedResult => {

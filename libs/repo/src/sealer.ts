@@ -126,7 +126,7 @@ export class InlineSealer implements ChunkSealer {
       const ids: string[] = [];
       try {
         for (;;) {
-          const step = stream.next(core.sealerOwn(key()));
+          const step = stream.next(core.sealing(options.known, core.sealerOwn(key())));
           if ("message" in step) {
             last = step;
             break;

@@ -100,6 +100,65 @@ for (const workers of [1, 2]) {
   });
 }
 
+for (const workers of [1, 2]) {
+  void test(`a large file streamed alone (split across the workers when there are two), and fixed chunks (workers: ${workers})`, async () => {
+    await withDir(async (dir) => {
+      const { store, repo } = await newRepo({ workers });
+      try {
+        const data = mixed(3 * STREAM_SEGMENT_BYTES + 4321);
+        const original = Buffer.from(data);
+        const path = join(dir, "relation");
+        writeFileSync(path, data);
+        const w = await repo.startBackup({ runId: `alone-${workers}` });
+        // One after the other: each stream is alone (split with two workers, reusing the ring).
+        const cdc = await w.addLocalFile(path, data.length, { node: () => fileNode("a-cdc") });
+        const fixed = await w.addLocalFile(path, data.length, {
+          fixedChunks: true,
+          tolerateChanges: true,
+          node: () => fileNode("b-fixed"),
+        });
+        const whole = await w.addFile(fileNode("c-whole"), pieces(data, 1 << 20));
+        // A page changed in place: one fixed chunk changes, the others are known.
+        const at = 2 * STREAM_SEGMENT_BYTES + 100;
+        data[at] = data[at]! ^ 0xff;
+        writeFileSync(path, data);
+        const changed = await w.addLocalFile(path, data.length, {
+          fixedChunks: true,
+          node: () => fileNode("d-changed"),
+        });
+        const { snapshot, stats } = await w.commit(META);
+        assert.ok(cdc.added && fixed.added && changed.added);
+        const sealer: unknown = Reflect.get(repo, "sealer");
+        if (workers > 1) assert.equal((sealer as WorkerSealer).splitStreams, 3, "each stream alone was split");
+        assert.deepEqual(cdc.node.chunks, whole.chunks, "the split stream cuts the chunks of a whole-file pass");
+        assert.equal(cdc.node.sha256, sha256(original));
+        assert.equal(fixed.node.sha256, sha256(original));
+        assert.equal(changed.node.sha256, sha256(data));
+        const avg = DEFAULT_CHUNKER.avgSize;
+        assert.equal(fixed.node.chunks!.length, Math.ceil(original.length / avg), "fixed chunks of the average size");
+        const differing = fixed.node.chunks!.flatMap((id, i) => (id === changed.node.chunks![i] ? [] : [i]));
+        assert.deepEqual(differing, [Math.floor(at / avg)], "one byte changed in place changes one fixed chunk");
+        // Stored: the content-defined and the fixed chunks of the file, the changed one, and the tree.
+        assert.equal(stats.chunksNew, new Set([...cdc.node.chunks!, ...fixed.node.chunks!]).size + 2);
+        await repo.close();
+
+        const reopened = await Repository.open(store, PASSWORD, FAST);
+        try {
+          for await (const node of reopened.readTree(snapshot)) {
+            const parts: Buffer[] = [];
+            for await (const piece of reopened.readFile(node)) parts.push(piece);
+            assert.ok(Buffer.concat(parts).equals(node.path === "d-changed" ? data : original), node.path);
+          }
+        } finally {
+          await reopened.close();
+        }
+      } finally {
+        await repo.close();
+      }
+    });
+  });
+}
+
 /** A sealer configured like a repository's, for the stream's own tests. */
 function sealerFor(workers: number): ChunkSealer {
   const macKey = randomBytes(32);

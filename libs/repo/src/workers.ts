@@ -20,6 +20,7 @@ import {
   type LocalFileStat,
   type LocalReadOptions,
   type PipelineParams,
+  type ReadSpan,
   type SealedFile,
   type StreamedChunk,
 } from "./pipeline-core.js";
@@ -41,10 +42,47 @@ export type Job =
   | { kind: "file"; data: Uint8Array }
   | { kind: "path"; data: Uint8Array; path: string; options: LocalReadOptions }
   | { kind: "open"; data: Uint8Array; blobs: BlobRef[] }
-  /** The next segment of a large file streamed by this worker (opened by the first job of a token). */
-  | { kind: "stream"; data: Uint8Array; token: number; path?: string; options?: LargeReadOptions; close?: boolean };
+  /**
+   * The next segment of a large file streamed by this worker (opened by the first job of a
+   * token). With `slot`, the segment is read there and the worker only cuts: its chunks come
+   * back as places in the ring, for "plain" jobs.
+   */
+  | {
+      kind: "stream";
+      data: Uint8Array;
+      token: number;
+      path?: string;
+      options?: LargeReadOptions;
+      close?: boolean;
+      slot?: { ring: SharedArrayBuffer; at: number; length: number };
+    }
+  /**
+   * The file hash of a split stream (token): the bytes at [at, at + length) of the ring, in
+   * order; `final` answers the SHA-256, `drop` forgets it. Always to the same worker.
+   */
+  | {
+      kind: "hash";
+      data: Uint8Array;
+      token: number;
+      ring: SharedArrayBuffer;
+      at: number;
+      length: number;
+      final?: boolean;
+      drop?: boolean;
+    }
+  /** One chunk of a split stream, in the shared ring: its id, then sealed unless `known` holds it. */
+  | {
+      kind: "plain";
+      data: Uint8Array;
+      ring: SharedArrayBuffer;
+      at: number;
+      length: number;
+      known?: SharedArrayBuffer | undefined;
+    };
 
 type SealedChunkRef = { id: string; rawLength: number; flags: number; at: number; length: number; known?: true };
+/** A chunk of a streamed segment: sealed (or known) by the streaming worker, or where it is in a split stream's ring. */
+export type StreamChunkRef = SealedChunkRef | { rawLength: number; ringAt: number };
 
 export interface JobBatch {
   seq: number;
@@ -65,8 +103,18 @@ export type JobResult =
   | { ok: true; kind: "path"; stat: LocalFileStat; sha256: string; size: number; chunks: SealedChunkRef[] }
   | { ok: true; kind: "path"; outcome: "changed" | "gone"; message: string }
   | { ok: true; kind: "open"; blobs: OpenedResult[] }
-  | { ok: true; kind: "stream"; chunks: SealedChunkRef[] }
-  | { ok: true; kind: "stream"; chunks: SealedChunkRef[]; stat: LocalFileStat; sha256: string; size: number }
+  | { ok: true; kind: "plain"; chunk: SealedChunkRef }
+  | { ok: true; kind: "hash"; sha256?: string }
+  | { ok: true; kind: "stream"; chunks: StreamChunkRef[]; read: ReadSpan }
+  | {
+      ok: true;
+      kind: "stream";
+      chunks: StreamChunkRef[];
+      read: ReadSpan;
+      stat: LocalFileStat;
+      sha256: string;
+      size: number;
+    }
   | { ok: true; kind: "stream"; outcome: "changed" | "gone" | "closed"; message: string }
   | { ok: false; message: string };
 
@@ -80,6 +128,8 @@ const BATCH_BYTES = 1024 * 1024;
 /** The smallest arena; arenas come in powers of two, sized to their batch. */
 const ARENA_MIN_BYTES = 256 * 1024;
 const ARENA_MAX_KEPT_BYTES = 16 * 1024 * 1024;
+/** Free arenas kept, in all (a split stream has a segment's chunks in flight, each in an arena). */
+const ARENA_KEPT_BYTES = 48 * 1024 * 1024;
 const BATCH_JOBS = 32;
 
 interface Waiting {
@@ -95,13 +145,18 @@ interface Waiting {
  */
 class ArenaPool {
   private readonly free: ArrayBuffer[] = [];
+  private freeBytes = 0;
 
+  /** `keep`: bytes of free arenas kept for reuse (fresh memory costs more than sealing into it). */
   constructor(private readonly keep: number) {}
 
   take(bytes: number): ArrayBuffer {
     const size = Math.max(ARENA_MIN_BYTES, 2 ** Math.ceil(Math.log2(Math.max(1, bytes))));
     const i = this.free.findIndex((a) => a.byteLength === size);
-    if (i >= 0) return this.free.splice(i, 1)[0]!;
+    if (i >= 0) {
+      this.freeBytes -= size;
+      return this.free.splice(i, 1)[0]!;
+    }
     return new ArrayBuffer(size);
   }
 
@@ -115,7 +170,9 @@ class ArenaPool {
   }
 
   private give(arena: ArrayBuffer): void {
-    if (this.free.length < this.keep && arena.byteLength <= ARENA_MAX_KEPT_BYTES) this.free.push(arena);
+    if (this.freeBytes + arena.byteLength > this.keep || arena.byteLength > ARENA_MAX_KEPT_BYTES) return;
+    this.free.push(arena);
+    this.freeBytes += arena.byteLength;
   }
 }
 
@@ -136,6 +193,8 @@ class Batch {
   readonly transfer = new Set<ArrayBuffer>();
   readonly keys = new Map<number, Uint8Array>();
   bytes = 0;
+  /** Bytes the batch's sealing jobs may write into its arena. */
+  arenaBytes = 0;
 
   constructor(readonly keyId: number) {}
 
@@ -151,6 +210,8 @@ class Batch {
     this.jobs.push(job);
     this.waiting.push(waiting);
     this.bytes += weight;
+    // Jobs that seal nothing (a file hash, a split stream's cutting, opening) need no arena room.
+    if (!(job.kind === "hash" || job.kind === "open" || (job.kind === "stream" && job.slot))) this.arenaBytes += weight;
   }
 
   addKey(id: number, key: Uint8Array): void {
@@ -213,7 +274,7 @@ class PoolWorker {
     if (!batch || batch.jobs.length === 0) return;
     this.batch = undefined;
     const sealing = batch.jobs.some((j) => j.kind !== "open");
-    const arena = sealing ? this.arenas.take(batch.bytes + batch.jobs.length * 64) : undefined;
+    const arena = sealing ? this.arenas.take(batch.arenaBytes + batch.jobs.length * 64) : undefined;
     const message: JobBatch = { seq: ++this.seq, arena, keyId: batch.keyId, keys: [...batch.keys], jobs: batch.jobs };
     this.sent.set(message.seq, { waiting: batch.waiting, bytes: batch.bytes });
     if (this.sent.size === 1) this.worker.ref();
@@ -261,6 +322,10 @@ export class WorkerSealer implements ChunkSealer {
   /** Streams running, and callers waiting for one to end. */
   private streams = 0;
   private readonly streamWaiters: (() => void)[] = [];
+  /** Streams split across the workers so far (see streamOnce). */
+  splitStreams = 0;
+  /** Rings of split streams, free for the next one. */
+  private readonly rings: SharedArrayBuffer[] = [];
 
   constructor(
     readonly parallelism: number,
@@ -268,7 +333,7 @@ export class WorkerSealer implements ChunkSealer {
     macKey: Uint8Array,
   ) {
     this.macKey = new Uint8Array(macKey);
-    this.arenas = new ArenaPool(parallelism + 2);
+    this.arenas = new ArenaPool(ARENA_KEPT_BYTES);
   }
 
   configure(shape: PipelineShape): void {
@@ -343,6 +408,13 @@ export class WorkerSealer implements ChunkSealer {
   /**
    * One read of a streamed file: every segment goes to the same worker (it holds the file's
    * hash and the chunker's carry), STREAM_WINDOW segments asked for ahead.
+   *
+   * When it is the only stream and there is more than one worker, the stream is split: its
+   * worker reads each segment into a slot of a ring of memory shared by all threads, and only
+   * cuts it and hashes the file; each chunk is hashed, looked up in the known table and sealed
+   * by the least loaded worker ("plain" jobs reading it from the ring), so that one large file
+   * (a database's biggest relation) uses every core. A slot is reused only once every chunk of
+   * its segment was taken over (STREAM_WINDOW + 1 slots).
    */
   private async streamOnce(
     path: string,
@@ -354,20 +426,41 @@ export class WorkerSealer implements ChunkSealer {
     const pool = (this.pool ??= this.start());
     const worker = pool.reduce((best, w) => (w.load < best.load ? w : best));
     const token = ++this.streamTokens;
-    const ask = (job: Job) => {
+    const ring = pool.length > 1 && this.streams === 1 ? this.takeRing() : undefined;
+    // A split stream's file hash is kept by one worker, fed each segment in order: another one
+    // when the stream's worker cuts content-defined chunks, the stream's own when it only reads.
+    const hasher =
+      ring &&
+      (options.fixedChunks ? worker : pool.filter((w) => w !== worker).reduce((a, w) => (w.load < a.load ? w : a)));
+    // What a segment costs the stream's worker, for balancing: all of it, or the cutting, or the read.
+    const stepWeight = !ring
+      ? STREAM_SEGMENT_BYTES
+      : options.fixedChunks
+        ? STREAM_SEGMENT_BYTES / 8
+        : STREAM_SEGMENT_BYTES / 2;
+    let hashing = false;
+    let steps = 0;
+    const slot = (): { slot?: { ring: SharedArrayBuffer; at: number; length: number } } => {
+      if (!ring) return {};
+      const length = ring.byteLength / STREAM_SLOTS;
+      return { slot: { ring, at: (steps++ % STREAM_SLOTS) * length, length } };
+    };
+    const enqueue = (to: PoolWorker, job: Job, weight: number) => {
       const k = key();
-      const answer = worker.enqueue(job, false, [[k.keyId, k.key]], k.keyId, STREAM_SEGMENT_BYTES);
+      const answer = to.enqueue(job, false, [[k.keyId, k.key]], k.keyId, weight);
       answer.catch(noop); // awaited in turn, or released below
       return answer;
     };
-    const next = () => ask({ kind: "stream", data: EMPTY, token });
+    const ask = (job: Job) => enqueue(worker, job, stepWeight);
+    const next = () => ask({ kind: "stream", data: EMPTY, token, ...slot() });
     const window = [
       ask({
         kind: "stream",
         data: EMPTY,
         token,
+        ...slot(),
         path,
-        options: { tolerateChanges: options.tolerateChanges, known: options.known },
+        options: { tolerateChanges: options.tolerateChanges, fixedChunks: options.fixedChunks, known: options.known },
       }),
     ];
     for (let i = 1; i < STREAM_WINDOW; i++) window.push(next());
@@ -384,30 +477,107 @@ export class WorkerSealer implements ChunkSealer {
           open = false; // the worker let the stream go
           return { kind: result.outcome === "changed" ? "changed" : "gone", message: result.message };
         }
-        const chunks = result.chunks.map((c): StreamedChunk =>
-          c.known
-            ? { id: c.id, rawLength: c.rawLength, known: true }
-            : { id: c.id, rawLength: c.rawLength, flags: c.flags, sealed: Buffer.from(arena, c.at, c.length) },
-        );
+        const end = "sha256" in result;
+        let chunks: StreamedChunk[];
+        let releases = [release];
+        let sha256 = end ? result.sha256 : "";
+        if (ring && hasher) {
+          release(); // nothing was sealed into the arena: the chunks are in the ring
+          hashing = !end;
+          const hashed = enqueue(
+            hasher,
+            { kind: "hash", data: EMPTY, token, ring, ...result.read, final: end },
+            result.read.length,
+          );
+          const [sealed, digest] = await Promise.all([
+            this.sealPlains(ring, result.chunks, options.known, key),
+            hashed.then(({ result: h, release: r }) => {
+              r();
+              return h.kind === "hash" ? h.sha256 : undefined;
+            }),
+          ]);
+          chunks = sealed.map((s) => s.chunk);
+          releases = sealed.map((s) => s.release);
+          if (end) sha256 = digest ?? "";
+          if (end && !sha256) throw unexpected();
+        } else {
+          chunks = result.chunks.map((c): StreamedChunk => {
+            if ("ringAt" in c) throw unexpected();
+            return c.known
+              ? { id: c.id, rawLength: c.rawLength, known: true }
+              : { id: c.id, rawLength: c.rawLength, flags: c.flags, sealed: Buffer.from(arena, c.at, c.length) };
+          });
+        }
         for (const c of chunks) ids.push(c.id);
         let room: Promise<void> | void;
         try {
           room = onChunks(chunks);
         } finally {
-          release();
+          for (const r of releases) r();
         }
-        if ("sha256" in result) open = false;
+        if (end) open = false;
         await room;
-        if ("sha256" in result) {
-          return { kind: "read", stat: result.stat, sha256: result.sha256, size: result.size, chunks: ids };
-        }
+        if (end) return { kind: "read", stat: result.stat, sha256, size: result.size, chunks: ids };
         window.push(next());
       }
     } finally {
       // Segments asked for past the end are answered "closed"; a stream given up is closed in the worker.
       if (open) window.push(ask({ kind: "stream", data: EMPTY, token, close: true }));
+      if (hashing && hasher && ring)
+        void enqueue(hasher, { kind: "hash", data: EMPTY, token, ring, at: 0, length: 0, drop: true }, 0);
       for (const answer of window) answer.then((a) => a.release(), noop);
+      // The ring is reused once no segment asked for can still be read into it.
+      if (ring) void Promise.allSettled(window).then(() => this.rings.push(ring));
     }
+  }
+
+  /** A ring for a split stream (reused: fresh memory costs more than the work it saves). */
+  private takeRing(): SharedArrayBuffer {
+    const slotBytes = STREAM_SEGMENT_BYTES + this.shape.chunker.maxSize;
+    const i = this.rings.findIndex((r) => r.byteLength === STREAM_SLOTS * slotBytes);
+    this.splitStreams++;
+    if (i >= 0) return this.rings.splice(i, 1)[0]!;
+    return new SharedArrayBuffer(STREAM_SLOTS * slotBytes);
+  }
+
+  /**
+   * Seals the plaintext chunks of a split stream segment, each on the least loaded worker; in
+   * file order. When one fails, the others' blobs are released before the error is thrown.
+   */
+  private async sealPlains(
+    ring: SharedArrayBuffer,
+    refs: StreamChunkRef[],
+    known: SharedArrayBuffer | undefined,
+    key: () => SealKey,
+  ): Promise<{ chunk: StreamedChunk; release: () => void }[]> {
+    const settled = await Promise.allSettled(
+      refs.map(async (ref) => {
+        if (!("ringAt" in ref)) throw unexpected();
+        const k = key();
+        const { result, arena, release } = await this.send(
+          { kind: "plain", data: EMPTY, ring, at: ref.ringAt, length: ref.rawLength, known },
+          false,
+          [[k.keyId, k.key]],
+          k.keyId,
+          ref.rawLength,
+        );
+        if (result.kind !== "plain") {
+          release();
+          throw unexpected();
+        }
+        const c = result.chunk;
+        const chunk: StreamedChunk = c.known
+          ? { id: c.id, rawLength: c.rawLength, known: true }
+          : { id: c.id, rawLength: c.rawLength, flags: c.flags, sealed: Buffer.from(arena, c.at, c.length) };
+        return { chunk, release };
+      }),
+    );
+    const failed = settled.find((s) => s.status === "rejected");
+    if (failed) {
+      for (const s of settled) if (s.status === "fulfilled") s.value.release();
+      throw failed.reason;
+    }
+    return settled.map((s) => (s as PromiseFulfilledResult<{ chunk: StreamedChunk; release: () => void }>).value);
   }
 
   async open(
@@ -471,6 +641,8 @@ export class WorkerSealer implements ChunkSealer {
 const EMPTY = new Uint8Array(0);
 /** Segments of a streamed file asked for ahead of the one being taken over. */
 const STREAM_WINDOW = 2;
+/** Slots of a split stream's ring: the segments asked for, and the one being sealed. */
+const STREAM_SLOTS = STREAM_WINDOW + 1;
 /** The plaintext of a blob written to a sink (it stays in the worker). */
 const NO_BYTES = Buffer.alloc(0);
 const noop = (): void => undefined;
@@ -480,6 +652,7 @@ function holdsBlobs(r: JobResult): boolean {
   return (
     r.ok &&
     (r.kind === "chunk" ||
+      (r.kind === "plain" && r.chunk.known !== true) ||
       ((r.kind === "file" || r.kind === "path" || r.kind === "stream") && "chunks" in r && r.chunks.length > 0))
   );
 }

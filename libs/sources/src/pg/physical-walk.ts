@@ -322,12 +322,14 @@ class DataDirCopy {
       );
       return;
     }
-    // A large relation file is streamed through one worker a segment at a time (hashing,
+    // A large relation file is streamed through the workers a segment at a time (hashing,
     // chunking and sealing off this thread). Pages written meanwhile are kept as read: WAL
-    // replay repairs torn pages, as for any base backup.
+    // replay repairs torn pages, as for any base backup. Pages are updated in place and never
+    // shift, so fixed-size chunks dedup as well as content-defined ones, without their cost.
     const outcome = this.writer.addLocalFile(e.abs, Number(e.stat.size), {
       existedInParent: !!this.options.parent,
       tolerateChanges: true,
+      fixedChunks: true,
       node: (stat) => localFileNode(e.path, stat),
     });
     this.inFlight.add(

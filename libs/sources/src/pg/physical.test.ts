@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { isCode } from "@iotvault/errors";
-import type { SnapshotManifest } from "@iotvault/repo";
+import type { SnapshotManifest, TreeNode } from "@iotvault/repo";
 import pg from "pg";
 import type { LocalCluster } from "./cluster.js";
 import { drillPostgres } from "./drill.js";
@@ -175,6 +175,18 @@ describe(
         await s.repo.putSealedObject(key, saved);
         s.chownRepo();
       }
+    });
+
+    it("a large relation file is stored as fixed chunks of the chunker's average size", async () => {
+      const [bigFile] = await s.sql<{ p: string }>("postgres", "SELECT pg_relation_filepath('big') AS p");
+      let node: TreeNode | undefined;
+      for await (const n of s.repo.readTree(full)) if (n.path.endsWith(bigFile!.p)) node = n;
+      assert.ok(node?.size && node.size > 8 * 1024 * 1024, `${bigFile!.p} is streamed (${node?.size} bytes)`);
+      const lengths: number[] = [];
+      for await (const piece of s.repo.readFile(node)) lengths.push(piece.length);
+      const MiB = 1024 * 1024;
+      assert.equal(lengths.length, Math.ceil(node.size / MiB));
+      assert.deepEqual(lengths.slice(0, -1), new Array<number>(lengths.length - 1).fill(MiB));
     });
 
     it("an incremental backup reads only the relation files that changed, and restores on its own", async () => {
