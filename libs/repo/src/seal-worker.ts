@@ -68,8 +68,8 @@ function run(batch: JobBatch, pipeline: PipelineCore, arena: Arena, transfer: Ar
             streams.set(job.token, stream);
           }
           // Split: the segment is read into a slot of the caller's shared ring and this thread
-          // only cuts (and hashes the file); each chunk is sealed by whichever worker is free
-          // (a "plain" job reading it from the ring).
+          // only cuts it; the file's hash ("hash" jobs) and each chunk's id and sealing
+          // ("plain" jobs) are done by the workers the caller picks, reading the ring.
           const step = job.slot
             ? stream.next(
                 (plain): StreamChunkRef => ({ rawLength: plain.length, ringAt: plain.byteOffset }),
