@@ -200,6 +200,76 @@ void test("a restore that fails mid-file leaves no half file under the final nam
   });
 });
 
+/** Deterministic bytes that do not compress away (so that large files span several packs). */
+function pattern(bytes: number, seed: number): Buffer {
+  const b = Buffer.alloc(bytes);
+  for (let i = 0; i + 4 <= bytes; i += 4) b.writeUInt32LE(Math.imul(i ^ seed, 2654435761) >>> 0, i);
+  return b;
+}
+
+/** Small files, then two large ones (streamed at backup, many chunks at restore), then small files again. */
+async function treeWithLargeFiles(src: string): Promise<Map<string, Buffer>> {
+  const files = new Map<string, Buffer>();
+  for (let i = 0; i < 40; i++) files.set(`a/small-${i}.txt`, Buffer.from(`a ${i} `.repeat(i * 50 + 1)));
+  files.set("b-large.bin", pattern(33 << 20, 1));
+  files.set("c-large.bin", pattern((34 << 20) + 123, 2));
+  for (let i = 0; i < 40; i++) files.set(`z/small-${i}.txt`, Buffer.from(`z ${i} `.repeat(i * 70 + 1)));
+  await mkdir(join(src, "a"));
+  await mkdir(join(src, "z"));
+  for (const [path, data] of files) await writeFile(join(src, path), data);
+  return files;
+}
+
+for (const workers of [1, 2]) {
+  void test(`large files between small ones are restored byte for byte (workers: ${workers})`, async () => {
+    await withSandbox(
+      async ({ dir, repo }) => {
+        const src = dir("src");
+        await mkdir(src);
+        const files = await treeWithLargeFiles(src);
+        const { snapshot } = await backup(repo, "lanes", { root: src });
+        const target = dir("target");
+        const result = await restoreToDirectory(repo, snapshot, { target, verify: true });
+        assert.equal(result.files, files.size);
+        for (const [path, data] of files) assert.ok((await readFile(join(target, path))).equals(data), path);
+        assert.deepEqual(await entries(target), ["a", "b-large.bin", "c-large.bin", "z"]);
+      },
+      { workers },
+    );
+  });
+}
+
+void test("a damaged large file fails the restore cleanly: no half file, no temporary file, no hang", async () => {
+  await withSandbox(
+    async ({ dir, repo, store }) => {
+      const src = dir("src");
+      await mkdir(src);
+      await treeWithLargeFiles(src);
+      const { snapshot } = await backup(repo, "lanes-bad", { root: src });
+      let node: TreeNode | undefined;
+      for await (const n of repo.readTree(snapshot)) if (n.path === "c-large.bin") node = n;
+      const middle = node!.chunks![Math.floor(node!.chunks!.length / 2)]!;
+      const core = Reflect.get(repo, "core") as { index: { get(id: string): { packId: string; offset: number } } };
+      const loc = core.index.get(middle);
+      let damaged = 0;
+      for await (const info of store.list("data/")) {
+        if (!info.key.endsWith(loc.packId)) continue;
+        store.raw(info.key)![loc.offset + 40]! ^= 0xff;
+        damaged++;
+      }
+      assert.equal(damaged, 1);
+      const target = dir("target");
+      await assert.rejects(restoreToDirectory(repo, snapshot, { target }), (err: unknown) =>
+        isCode(err, "DATA_CORRUPT"),
+      );
+      const left = (await readdir(target, { recursive: true })).filter((p) => p.includes(".iotvault-restore-"));
+      assert.deepEqual(left, [], "no temporary file is left");
+      assert.ok(!(await entries(target)).includes("c-large.bin"), "the damaged file is not under its name");
+    },
+    { workers: 2 },
+  );
+});
+
 function context(repo: Repository, snapshot: SnapshotManifest, target: string): RestoreContext {
   return {
     repo,
