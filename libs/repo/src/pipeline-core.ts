@@ -155,23 +155,8 @@ export class LocalFileStream {
 
   /** Opens `path` (O_NOFOLLOW); "gone" when it vanished or is no longer a regular file. */
   static open(core: PipelineCore, path: string, options: LargeReadOptions): LocalFileStream | StreamRefusal {
-    let fd: number;
-    try {
-      fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW);
-    } catch (err) {
-      return { kind: "gone", message: `skipped, it vanished or cannot be opened: ${(err as Error).message}` };
-    }
-    try {
-      const before = fstatSync(fd, { bigint: true });
-      if (!before.isFile()) {
-        closeSync(fd);
-        return { kind: "gone", message: "skipped: it is no longer a regular file" };
-      }
-      return new LocalFileStream(core, fd, before, options);
-    } catch (err) {
-      closeSync(fd);
-      return { kind: "gone", message: `skipped, reading failed: ${(err as Error).message}` };
-    }
+    const opened = openRegularFile(path);
+    return "kind" in opened ? opened : new LocalFileStream(core, opened.fd, opened.stat, options);
   }
 
   /**
@@ -251,11 +236,7 @@ export class LocalFileStream {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    try {
-      closeSync(this.fd);
-    } catch {
-      // nothing to do about a failed close of a read-only descriptor
-    }
+    closeQuietly(this.fd);
   }
 }
 
@@ -385,15 +366,10 @@ export class PipelineCore {
   }
 
   private readOnce(path: string, maxBytes: number): LocalRead {
-    let fd: number;
+    const opened = openRegularFile(path);
+    if ("kind" in opened) return opened;
+    const { fd, stat: before } = opened;
     try {
-      fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW);
-    } catch (err) {
-      return { kind: "gone", message: `skipped, it vanished or cannot be opened: ${(err as Error).message}` };
-    }
-    try {
-      const before = fstatSync(fd, { bigint: true });
-      if (!before.isFile()) return { kind: "gone", message: "skipped: it is no longer a regular file" };
       const size = Number(before.size);
       if (size > maxBytes) return { kind: "changed", message: "it grew while being read" };
       if (this.readBuffer.length < size) this.readBuffer = Buffer.allocUnsafeSlow(roundUp(size, 1 << 20));
@@ -410,11 +386,7 @@ export class PipelineCore {
     } catch (err) {
       return { kind: "gone", message: `skipped, reading failed: ${(err as Error).message}` };
     } finally {
-      try {
-        closeSync(fd);
-      } catch {
-        // nothing to do about a failed close of a read-only descriptor
-      }
+      closeQuietly(fd);
     }
   }
 
@@ -436,6 +408,36 @@ export class PipelineCore {
       return { ok: false, problem: `writing it to the restored file failed: ${(err as Error).message}` };
     }
     return r;
+  }
+}
+
+/**
+ * Opens a local file for reading (O_NOFOLLOW) and fstats it: "gone" when it vanished, cannot be
+ * opened or is not a regular file (the descriptor is then closed).
+ */
+function openRegularFile(path: string): { fd: number; stat: BigIntStats } | StreamRefusal {
+  let fd: number;
+  try {
+    fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW);
+  } catch (err) {
+    return { kind: "gone", message: `skipped, it vanished or cannot be opened: ${(err as Error).message}` };
+  }
+  try {
+    const stat = fstatSync(fd, { bigint: true });
+    if (stat.isFile()) return { fd, stat };
+    closeQuietly(fd);
+    return { kind: "gone", message: "skipped: it is no longer a regular file" };
+  } catch (err) {
+    closeQuietly(fd);
+    return { kind: "gone", message: `skipped, reading failed: ${(err as Error).message}` };
+  }
+}
+
+function closeQuietly(fd: number): void {
+  try {
+    closeSync(fd);
+  } catch {
+    // nothing to do about a failed close of a read-only descriptor
   }
 }
 
