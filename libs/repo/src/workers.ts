@@ -26,6 +26,7 @@ import {
 } from "./pipeline-core.js";
 import {
   READ_ONLY_SHAPE,
+  notConfigured,
   type ChunkSealer,
   type OpenedBlob,
   type PipelineShape,
@@ -354,8 +355,7 @@ export class WorkerSealer implements ChunkSealer {
   }
 
   async sealFile(content: Uint8Array, owned: boolean, key: SealKey): Promise<SealedFile> {
-    if (this.shape === READ_ONLY_SHAPE)
-      throw new Error("the chunk sealer was not configured with the chunker's parameters");
+    if (this.shape === READ_ONLY_SHAPE) throw notConfigured();
     const { result, arena, release } = await this.send(
       { kind: "file", data: content },
       owned,
@@ -372,8 +372,7 @@ export class WorkerSealer implements ChunkSealer {
     options: LocalReadOptions,
     key: SealKey,
   ): Promise<SealedLocalFile> {
-    if (this.shape === READ_ONLY_SHAPE)
-      throw new Error("the chunk sealer was not configured with the chunker's parameters");
+    if (this.shape === READ_ONLY_SHAPE) throw notConfigured();
     const job: Job = { kind: "path", data: EMPTY, path, options };
     const { result, arena, release } = await this.send(job, false, [[key.keyId, key.key]], key.keyId, expectedBytes);
     if (result.kind !== "path") throw unexpected();
@@ -388,8 +387,7 @@ export class WorkerSealer implements ChunkSealer {
     key: () => SealKey,
     onChunks: (chunks: StreamedChunk[]) => Promise<void> | void,
   ): Promise<StreamedLocalFile> {
-    if (this.shape === READ_ONLY_SHAPE)
-      throw new Error("the chunk sealer was not configured with the chunker's parameters");
+    if (this.shape === READ_ONLY_SHAPE) throw notConfigured();
     // One stream per worker at a time: each holds a segment buffer and a descriptor in its worker.
     while (this.streams >= this.parallelism) await new Promise<void>((resolve) => this.streamWaiters.push(resolve));
     this.streams++;
