@@ -7,6 +7,19 @@ import { traceInterceptor } from "./tracing.js";
 /** 8 MiB: the default limit of a message, both ways (the gRPC default is 4 MiB). */
 export const DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024;
 
+/**
+ * 16 MiB: the HTTP/2 flow-control window a client opens for what it receives (per stream and
+ * per connection). grpc-js keeps the protocol's 64 KiB otherwise, so a server streaming a
+ * pack range (GetObject) sends 64 KiB and then waits for the client's event loop to grant
+ * more: a restore busy writing files stalls its own downloads. Memory stays bounded by what
+ * the client asked for (a restore asks for a few ranges of at most 8 MiB at once).
+ * docs/performance.md has the measurement.
+ */
+export const DEFAULT_FLOW_CONTROL_WINDOW_BYTES = 16 * 1024 * 1024;
+
+/** The HTTP/2 default window (a smaller one would only slow a client down). */
+const MIN_FLOW_CONTROL_WINDOW_BYTES = 65_535;
+
 export interface CreateClientOptions {
   /** Limit of one message, both ways (default 8 MiB, like the server). */
   maxMessageBytes?: number | undefined;
@@ -14,6 +27,8 @@ export interface CreateClientOptions {
   credentials?: grpc.ChannelCredentials | undefined;
   /** Short service name for error messages ("catalog"); default: derived from the client class. */
   service?: string | undefined;
+  /** HTTP/2 receive window, per stream and connection (default 16 MiB; at least 64 KiB). */
+  flowControlWindowBytes?: number | undefined;
 }
 
 export interface CallOptions {
@@ -106,6 +121,10 @@ export function createClient<C extends grpc.Client>(
   const client = new Ctor(address, options.credentials ?? grpc.credentials.createInsecure(), {
     "grpc.max_receive_message_length": maxBytes,
     "grpc.max_send_message_length": maxBytes,
+    "grpc-node.flow_control_window": Math.max(
+      MIN_FLOW_CONTROL_WINDOW_BYTES,
+      options.flowControlWindowBytes ?? DEFAULT_FLOW_CONTROL_WINDOW_BYTES,
+    ),
     interceptors: [traceInterceptor],
   });
   const ctor = Ctor as { serviceName?: unknown };
