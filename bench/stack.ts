@@ -9,6 +9,7 @@ import { once } from "node:events";
 import { createWriteStream, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { SERVICE_NODE_FLAGS } from "@iotvault/host";
 import { checkHealth } from "@iotvault/rpc";
 import {
   createTestDatabase,
@@ -137,10 +138,14 @@ export class BenchStack {
 
   private async startService(s: Service): Promise<void> {
     const log = createWriteStream(join(this.home, "logs", `${s}.log`), { flags: "a" });
-    const child = spawn(process.execPath, [...this.nodeArgs, join(REPO_ROOT, "services", s, "dist", "main.js")], {
-      env: this.env,
-      stdio: ["ignore", "pipe", "pipe"],
-    });
+    const child = spawn(
+      process.execPath,
+      [...SERVICE_NODE_FLAGS, ...this.nodeArgs, join(REPO_ROOT, "services", s, "dist", "main.js")],
+      {
+        env: this.env,
+        stdio: ["ignore", "pipe", "pipe"],
+      },
+    );
     child.stdout.pipe(log);
     child.stderr.pipe(log);
     this.processes.set(s, child);

@@ -18,6 +18,7 @@ import {
   readPidFile,
   removeFile,
   runsCommand,
+  SERVICE_NODE_FLAGS,
   startDetached,
   startNatsServer,
   startPrivatePostgres,
@@ -105,7 +106,7 @@ export async function stackUp(
     log(`starting ${name} on ${address}`);
     startDetached({
       command: process.execPath,
-      args: ["--enable-source-maps", entry],
+      args: [...SERVICE_NODE_FLAGS, entry],
       env: serviceEnv(config, name, env),
       logFile: join(config.paths.logs, `${name}.log`),
       pidFile: pidFile(config, name),

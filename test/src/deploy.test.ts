@@ -9,6 +9,7 @@ import { join } from "node:path";
 import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { parseConfig } from "@iotvault/config";
+import { SERVICE_NODE_FLAGS } from "@iotvault/host";
 import { parse } from "yaml";
 
 const root = fileURLToPath(new URL("../../", import.meta.url));
@@ -64,6 +65,15 @@ describe("deploy/compose.yaml (single node)", () => {
     assert.deepEqual(holders("repository-password"), ["cli", "executor", "restore"]);
     assert.deepEqual(holders("postgres-password"), ["catalog", "postgres"]);
     assert.deepEqual(holders("minio-password"), ["minio"]);
+  });
+
+  it("runs the services of the image with the services' Node options", () => {
+    const dockerfile = readFileSync(join(root, "deploy/Dockerfile"), "utf8");
+    const entrypoint = /^ENTRYPOINT (\[.*\])$/m.exec(dockerfile);
+    assert.ok(entrypoint, "the Dockerfile has an ENTRYPOINT in exec form");
+    const argv = JSON.parse(entrypoint[1]!) as string[];
+    assert.equal(argv[argv.indexOf("node") - 1], "--", "node runs under tini");
+    assert.deepEqual(argv.slice(argv.indexOf("node") + 1), [...SERVICE_NODE_FLAGS]);
   });
 
   it("ships a configuration file that the services accept", () => {

@@ -9,7 +9,7 @@ import { once } from "node:events";
 import { readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { isAlive } from "@iotvault/host";
+import { isAlive, SERVICE_NODE_FLAGS } from "@iotvault/host";
 import pg from "pg";
 import { freePort, tempDir, type TempDir } from "@iotvault/testing";
 import { CLI } from "./harness.js";
@@ -73,6 +73,10 @@ describe("iotvault stack (embedded default)", { timeout: 300_000 }, () => {
       const environ = await readFile(`/proc/${c.pid}/environ`, "utf8");
       const has = environ.split("\0").some((v) => v.startsWith("IOTVAULT_PASSWORD_FILE="));
       assert.equal(has, c.name === "executor" || c.name === "restore", `${c.name} sees the repository secret: ${has}`);
+      // Each service runs with the Node options of the services (a larger first heap limit).
+      const argv = (await readFile(`/proc/${c.pid}/cmdline`, "utf8")).split("\0");
+      for (const flag of SERVICE_NODE_FLAGS)
+        assert.ok(argv.includes(flag), `${c.name} runs without ${flag}: ${argv.join(" ")}`);
     }
     // The private PostgreSQL wants a password over TCP (no trust authentication).
     const anonymous = new pg.Client({

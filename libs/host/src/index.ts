@@ -16,6 +16,7 @@ export {
   removeFile,
   runSync,
   runsCommand,
+  SERVICE_NODE_FLAGS,
   startDetached,
   stopPid,
   waitForPort,
