@@ -96,11 +96,30 @@ const UMASK = (() => {
   }
 })();
 
-/** Files being written at once (each holds a descriptor), and the bytes they hold at most. */
-const FILES_IN_FLIGHT = 512;
-const BYTES_IN_FLIGHT = 64 * 1024 * 1024;
-/** Plain bytes fetched from the repository ahead of the writes. */
+/** Plain bytes fetched from the repository ahead of the writes (the memory a restore holds). */
 const AHEAD_BYTES = 64 * 1024 * 1024;
+/**
+ * Files queued for writing at once, and their total size at most. The reader merges the chunks
+ * of the files queued into ranged gets, so it must see well past its look-ahead: with 512 files
+ * / 64 MiB (the look-ahead itself) the gets of a 1 GiB restore averaged ~85 KB, with 4,096 /
+ * 256 MiB they are a few times larger and the storage-gateway's CPU halves (docs/performance.md).
+ * The bytes are not held (AHEAD_BYTES bounds what is fetched and not written). Each queued file
+ * holds a descriptor: at most a quarter of the process's limit of open files.
+ */
+const FILES_IN_FLIGHT = Math.min(4096, Math.max(64, Math.floor(openFilesLimit() / 4)));
+const BYTES_IN_FLIGHT = 256 * 1024 * 1024;
+
+/** The soft limit of open files (Node raises it to the hard limit at start); 1024 when unknown. */
+function openFilesLimit(): number {
+  try {
+    const line = /^Max open files\s+(\S+)/m.exec(readFileSync("/proc/self/limits", "utf8"));
+    if (line?.[1] === "unlimited") return Number.MAX_SAFE_INTEGER;
+    const n = Number(line?.[1]);
+    return Number.isInteger(n) && n > 0 ? n : 1024;
+  } catch {
+    return 1024;
+  }
+}
 
 /**
  * Restores `snapshot` into `options.target`.
