@@ -9,7 +9,7 @@ import { once } from "node:events";
 import { createWriteStream, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { SERVICE_NODE_FLAGS } from "@iotvault/host";
+import { serviceNodeFlags } from "@iotvault/host";
 import { checkHealth } from "@iotvault/rpc";
 import {
   createTestDatabase,
@@ -140,7 +140,7 @@ export class BenchStack {
     const log = createWriteStream(join(this.home, "logs", `${s}.log`), { flags: "a" });
     const child = spawn(
       process.execPath,
-      [...SERVICE_NODE_FLAGS, ...this.nodeArgs, join(REPO_ROOT, "services", s, "dist", "main.js")],
+      [...serviceNodeFlags(s), ...this.nodeArgs, join(REPO_ROOT, "services", s, "dist", "main.js")],
       {
         env: this.env,
         stdio: ["ignore", "pipe", "pipe"],

@@ -18,7 +18,7 @@ import {
   readPidFile,
   removeFile,
   runsCommand,
-  SERVICE_NODE_FLAGS,
+  serviceNodeFlags,
   startDetached,
   startNatsServer,
   startPrivatePostgres,
@@ -106,7 +106,7 @@ export async function stackUp(
     log(`starting ${name} on ${address}`);
     startDetached({
       command: process.execPath,
-      args: [...SERVICE_NODE_FLAGS, entry],
+      args: [...serviceNodeFlags(name), entry],
       env: serviceEnv(config, name, env),
       logFile: join(config.paths.logs, `${name}.log`),
       pidFile: pidFile(config, name),

@@ -10,7 +10,7 @@ import { readFile, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { SERVICE_NODE_FLAGS } from "@iotvault/host";
+import { serviceNodeFlags } from "@iotvault/host";
 import { checkHealth } from "@iotvault/rpc";
 import {
   createTestDatabase,
@@ -100,7 +100,7 @@ export class TestStack {
 
   async startService(s: Service): Promise<void> {
     const log = createWriteStream(this.logFile(s), { flags: "a" });
-    const child = spawn(process.execPath, [...SERVICE_NODE_FLAGS, entry(s)], {
+    const child = spawn(process.execPath, [...serviceNodeFlags(s), entry(s)], {
       env: this.env,
       stdio: ["ignore", "pipe", "pipe"],
     });

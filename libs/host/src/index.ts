@@ -16,7 +16,7 @@ export {
   removeFile,
   runSync,
   runsCommand,
-  SERVICE_NODE_FLAGS,
+  serviceNodeFlags,
   startDetached,
   stopPid,
   waitForPort,

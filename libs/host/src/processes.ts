@@ -5,16 +5,22 @@ import { dirname } from "node:path";
 import { IotvaultError } from "@iotvault/errors";
 
 /**
- * The Node options every iotvault service runs with: `iotvault stack up`, deploy/ (Dockerfile,
- * compose.yaml), the test and bench stacks.
+ * The Node options of an iotvault service, wherever it is started: `iotvault stack up`, deploy/
+ * (the Dockerfile's entrypoint and compose.yaml), the test and bench stacks.
  *
- * --initial-heap-size=128 (MB): V8 sets a heap's first old-generation limit from it. A service
- * holds a small heap (~20 MB live) while megabytes of pack data pass through its buffers; with
- * the default limit the storage-gateway started a major GC every few MiB served (~60 in one
- * restore of a 1 GiB corpus, a third of its CPU), with 128 MB a handful. It reserves nothing
- * up front (resident memory unchanged). Measured in docs/performance.md.
+ * The storage-gateway also runs with --initial-heap-size=128 (MB): V8 sets a heap's first
+ * old-generation limit from it. The gateway holds a small heap (~20 MB live) while megabytes of
+ * pack data pass through its buffers; with the default limit it started a major GC every few
+ * MiB served (~60 in one restore of a 1 GiB corpus, a third of its CPU), with 128 MB a handful
+ * (its CPU per restore fell from ~2.9 to ~1.1 s). The price is garbage kept longer: 20-40 MiB
+ * more resident memory, which the executor (whose memory is the budget that counts on an edge
+ * node, and which gained no measurable CPU from it) does not pay. docs/performance.md.
  */
-export const SERVICE_NODE_FLAGS: readonly string[] = ["--enable-source-maps", "--initial-heap-size=128"];
+export function serviceNodeFlags(service: string): readonly string[] {
+  return service === "storage-gateway" ? [...BASE_NODE_FLAGS, "--initial-heap-size=128"] : BASE_NODE_FLAGS;
+}
+
+const BASE_NODE_FLAGS: readonly string[] = ["--enable-source-maps"];
 
 /** True when something accepts TCP connections at host:port within the timeout. */
 export function isPortOpen(host: string, port: number, timeoutMs = 1000): Promise<boolean> {
