@@ -1,7 +1,8 @@
 /**
  * The CLI loads only what a command needs: `wal-push` runs once per WAL segment as PostgreSQL's
  * archive_command, so the storage backends, the gRPC server side, the telemetry SDK and the
- * source adapters must stay out of it. A module hook records every module the process loads.
+ * source adapters must stay out of it; the commands that only call the services (`restore`,
+ * `backup`, ...) do without the repository library. A module hook records every module loaded.
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
@@ -59,4 +60,16 @@ void test("`iotvault help` loads no command module", () => {
   const urls = loadedBy(["help"]);
   const commands = urls.filter((u) => /\/cli\/dist\/(commands|postgres|retention|stack|context)\.js$/.test(u));
   assert.deepEqual(commands, []);
+});
+
+void test("`iotvault restore --help` (a command that only calls the services) loads no repository library", () => {
+  const urls = loadedBy(["restore", "--help"]);
+  assert.ok(
+    urls.some((u) => u.endsWith("/cli/dist/commands.js")),
+    "the command's own module was loaded",
+  );
+  for (const pattern of [...HEAVY, /\/repo\/dist\//, /\/node_modules\/zstd-napi\//]) {
+    const hit = urls.find((u) => pattern.test(u));
+    assert.equal(hit, undefined, `restore loaded ${hit}`);
+  }
 });
