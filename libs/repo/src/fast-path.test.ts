@@ -143,6 +143,65 @@ void test("readFiles fetches many files in few requests; read() yields them in o
   });
 });
 
+void test("a range of well-compressed chunks is opened by several worker jobs, and restored byte for byte", async () => {
+  await withDir(async (dir) => {
+    const { store, repo } = await newRepo({ workers: 2 });
+    try {
+      // 40 MiB that zstd shrinks ~50x: one ranged get holds all of it.
+      const lines: string[] = [];
+      for (let i = 0, n = 0; n < 40 << 20; i++)
+        n += lines[lines.push(`row ${i} ${"x".repeat(120)} ${i % 7}\n`) - 1]!.length;
+      const data = Buffer.from(lines.join(""));
+      const w = await repo.startBackup({ runId: "compressible" });
+      const node = await w.addFile(fileNode("relation"), pieces(data));
+      const { stats } = await w.commit(META);
+      assert.ok(stats.bytesStored * 10 < data.length, `stored ${stats.bytesStored} of ${data.length}`);
+
+      const sealer: unknown = Reflect.get(repo, "sealer");
+      const opener = sealer as { open: (...args: unknown[]) => Promise<unknown> };
+      const open = opener.open.bind(opener);
+      let jobs = 0;
+      opener.open = (...args) => {
+        jobs++;
+        return open(...args);
+      };
+      let gets = 0;
+      const get = store.get.bind(store);
+      store.get = (...args) => {
+        if (args[0].startsWith("data/")) gets++;
+        return get(...args);
+      };
+      // The reader's default look-ahead (64 MiB of plaintext): the whole file in one window.
+      const restoreOne = async () => {
+        const reader = repo.readFiles();
+        const path = join(dir, "relation");
+        const fd = openSync(path, "w");
+        try {
+          await reader.write({ ...node, size: data.length }, fd);
+        } finally {
+          reader.close();
+          closeSync(fd);
+        }
+        return readFileSync(path);
+      };
+      assert.ok((await restoreOne()).equals(data));
+      assert.ok(gets <= 2, `${gets} ranged gets`);
+      // At most 8 MiB of plaintext per job: the workers share the range.
+      assert.ok(jobs >= Math.ceil(data.length / (8 << 20)), `${jobs} worker jobs for ${gets} ranged gets`);
+
+      // A damaged chunk in the middle of such a range fails the file, naming the pack.
+      const loc = coreOf(repo).index.get(node.chunks![Math.floor(node.chunks!.length / 2)]!)!;
+      store.raw(packKey(loc.packId))![loc.offset + Math.floor(loc.length / 2)]! ^= 1;
+      await assert.rejects(restoreOne(), (err: unknown) => {
+        assert.ok(isCode(err, "DATA_CORRUPT") && (err as Error).message.includes(loc.packId), String(err));
+        return true;
+      });
+    } finally {
+      await repo.close();
+    }
+  });
+});
+
 void test("a damaged blob fails the write of its file only, naming the pack; the others are written", async () => {
   await withDir(async (dir) => {
     const { store, repo } = await newRepo({ workers: 2, packSizeBytes: 1 << 20 });

@@ -53,6 +53,8 @@ const MAX_GAP = 256 * 1024;
 /** The largest ranged get (a blob larger than this is fetched alone). */
 const MAX_REQUEST = 8 * 1024 * 1024;
 const REQUESTS_IN_FLIGHT = 4;
+/** The plaintext one worker job opens at most (a range holding more is split, see open()). */
+const OPEN_JOB_PLAIN_BYTES = 8 * 1024 * 1024;
 const DEFAULT_AHEAD = 64 * 1024 * 1024;
 
 interface Slot {
@@ -268,15 +270,7 @@ export class ReadAhead implements FileReader {
     try {
       const data = await this.get(range);
       const keys = await this.keysOf(range, data);
-      const refs = range.slots.map((s): BlobRef => ({
-        at: s.loc!.offset - range.start,
-        length: s.loc!.length,
-        id: s.id,
-        rawLength: s.loc!.rawLength,
-        flags: s.loc!.flags,
-        ...(s.sink ? { sink: s.sink } : {}),
-      }));
-      const results = await this.sealer.open(data, true, refs, keys);
+      const results = await this.open(range, data, keys);
       // The transport's message buffers of this range are dead now (see young-gc.ts).
       this.youngGc.note(2 * (range.end - range.start));
       results.forEach((r, i) => {
@@ -297,6 +291,50 @@ export class ReadAhead implements FileReader {
       for (const slot of range.slots)
         if (!slot.settled) this.settle(slot, { error: this.fetchError(err, range, slot) });
     }
+  }
+
+  /**
+   * Decrypts, decompresses, checks (and writes) the blobs of a fetched range in the workers. A
+   * range is split into jobs of at most OPEN_JOB_PLAIN_BYTES of plaintext, so that a range of
+   * well-compressed chunks (a PostgreSQL relation file: 8 MiB stored can be 200 MiB plain) is
+   * shared by the workers instead of keeping one busy while the others wait; each job gets a
+   * copy of its part of the stored bytes (small next to the plaintext). A range of one job is
+   * handed over whole (transferred, no copy).
+   */
+  private async open(range: Range, data: Buffer, keys: Map<number, Uint8Array>) {
+    const jobs: { from: number; to: number }[] = [];
+    let plain = 0;
+    range.slots.forEach((slot, i) => {
+      const last = jobs[jobs.length - 1];
+      if (!last || plain + slot.loc!.rawLength > OPEN_JOB_PLAIN_BYTES) {
+        jobs.push({ from: i, to: i + 1 });
+        plain = 0;
+      } else last.to = i + 1;
+      plain += slot.loc!.rawLength;
+    });
+    const single = jobs.length === 1;
+    // Every job settles before the range does: a worker may still be writing into a sink.
+    const parts = await Promise.allSettled(
+      jobs.map(({ from, to }) => {
+        const slots = range.slots.slice(from, to);
+        const start = single ? 0 : slots[0]!.loc!.offset - range.start;
+        const end = single
+          ? data.length
+          : slots[slots.length - 1]!.loc!.offset + slots[slots.length - 1]!.loc!.length - range.start;
+        const refs = slots.map((s): BlobRef => ({
+          at: s.loc!.offset - range.start - start,
+          length: s.loc!.length,
+          id: s.id,
+          rawLength: s.loc!.rawLength,
+          flags: s.loc!.flags,
+          ...(s.sink ? { sink: s.sink } : {}),
+        }));
+        return this.sealer.open(single ? data : data.subarray(start, end), single, refs, keys);
+      }),
+    );
+    const failed = parts.find((p) => p.status === "rejected");
+    if (failed) throw failed.reason;
+    return parts.flatMap((p) => (p.status === "fulfilled" ? p.value : []));
   }
 
   /** The keys the blobs of a fetched range were sealed with (the keyring is reloaded for a new one). */
