@@ -10,8 +10,9 @@
  * a file of one chunk is checked against its sha256 too (the chunk's SHA-256 is the file's),
  * and `read` hashes a file of several chunks as it yields them.
  *
- * Memory: at most `aheadBytes` of plaintext fetched and not yet consumed or written (plus one
- * request), whatever the number and size of the files queued.
+ * Memory: at most `aheadBytes` of plaintext fetched and not yet consumed, or of stored bytes
+ * fetched and not yet written (plus one request), and per worker one job's plaintext (at most
+ * 8 MiB), whatever the number and size of the files queued.
  */
 import { createHash } from "node:crypto";
 import { IotvaultError, isNotFound } from "@iotvault/errors";
@@ -199,7 +200,7 @@ export class ReadAhead implements FileReader {
     if (slot.released) return;
     slot.released = true;
     slot.plain = undefined;
-    if (slot.planned) this.ahead -= slot.loc?.rawLength ?? 0;
+    if (slot.planned) this.ahead -= aheadCost(slot);
     while (this.head < this.queue.length && this.queue[this.head]!.released) this.head++;
     if (this.planned < this.head) this.planned = this.head;
     if (this.head > 4096 && this.head * 2 > this.queue.length) {
@@ -240,7 +241,7 @@ export class ReadAhead implements FileReader {
         this.settle(slot, { error: missingChunk(slot) });
         continue;
       }
-      this.ahead += slot.loc.rawLength;
+      this.ahead += aheadCost(slot);
       const list = byPack.get(slot.loc.packId);
       if (list) list.push({ slot, order: this.planned });
       else byPack.set(slot.loc.packId, [{ slot, order: this.planned }]);
@@ -252,7 +253,11 @@ export class ReadAhead implements FileReader {
       for (const { slot, order } of slots) {
         const { offset, length } = slot.loc!;
         const r = current?.range;
-        if (r && offset >= r.end && offset - r.end <= MAX_GAP && offset + length - r.start <= MAX_REQUEST) {
+        if (r && offset >= r.start && offset + length <= r.end) {
+          // The same chunk again (files with equal content): it reads the bytes already asked for.
+          r.slots.push(slot);
+          current!.order = Math.min(current!.order, order);
+        } else if (r && offset >= r.end && offset - r.end <= MAX_GAP && offset + length - r.start <= MAX_REQUEST) {
           r.end = offset + length;
           r.slots.push(slot);
           current!.order = Math.min(current!.order, order);
@@ -391,6 +396,19 @@ export class ReadAhead implements FileReader {
     if (slot.sink) this.release(slot);
     for (const wake of slot.waiters.splice(0)) wake();
   }
+}
+
+/**
+ * What a planned slot counts against the look-ahead until it is released: its plaintext when the
+ * consumer takes it (read), its stored bytes when a worker writes it (write): that plaintext
+ * never reaches this thread and lives in a worker for one job (at most OPEN_JOB_PLAIN_BYTES), so
+ * what waits here is the fetched, still sealed range. Counting plaintext there capped a window of
+ * well-compressed chunks (a PostgreSQL relation file stores at 25:1) at a few MiB of requests,
+ * and the small files around it were fetched a few at a time.
+ */
+function aheadCost(slot: Slot): number {
+  if (!slot.loc) return 0;
+  return slot.sink ? slot.loc.length : slot.loc.rawLength;
 }
 
 function missingChunk(slot: Slot): IotvaultError {

@@ -365,11 +365,13 @@ export class Repository {
    */
   readFiles(options: ReadAheadOptions = {}): FileReader {
     this.checkOpen();
+    this.sealer.warm();
     return new ReadAhead(this.core, this.sealer, options);
   }
 
   async startBackup(options: BackupOptions): Promise<BackupWriter> {
     this.checkIndexed();
+    this.sealer.warm();
     const id = this.snapshotIdFor(options.runId);
     if (await this.hasSnapshot(id)) {
       throw new IotvaultError("ALREADY_EXISTS", `run ${options.runId} already has snapshot ${id}`, {

@@ -38,6 +38,11 @@ export interface ChunkSealer {
   /** The chunker's gear table and sizes; the first backup or read session sets them. */
   configure(shape: PipelineShape): void;
   /**
+   * Starts its threads now rather than with the first job (a worker takes tens of milliseconds
+   * to load), so that their start overlaps a session's set-up (loading the tree, the walk).
+   */
+  warm(): void;
+  /**
    * Compresses and encrypts one chunk whose id is known. With `owned`, the caller gives the
    * buffer up (it may be moved to another thread and become empty); otherwise it is copied
    * before the call returns.
@@ -92,6 +97,10 @@ export class InlineSealer implements ChunkSealer {
     if (this.configured && this.core?.params.gear === shape.gear) return;
     this.core = new PipelineCore({ compressionLevel: this.compressionLevel, macKey: this.macKey, ...shape });
     this.configured = true;
+  }
+
+  warm(): void {
+    // the calling thread needs no start
   }
 
   async seal(plain: Uint8Array, _owned: boolean, id: string, key: SealKey): Promise<Sealed> {

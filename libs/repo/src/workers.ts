@@ -337,6 +337,10 @@ export class WorkerSealer implements ChunkSealer {
     this.arenas = new ArenaPool(ARENA_KEPT_BYTES);
   }
 
+  warm(): void {
+    if (!this.closed) this.pool ??= this.start();
+  }
+
   configure(shape: PipelineShape): void {
     if (this.shape.gear === shape.gear) return;
     this.shape = shape;

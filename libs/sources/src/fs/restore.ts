@@ -99,15 +99,18 @@ const UMASK = (() => {
 /** Plain bytes fetched from the repository ahead of the writes (the memory a restore holds). */
 const AHEAD_BYTES = 64 * 1024 * 1024;
 /**
- * Files queued for writing at once, and their total size at most. The reader merges the chunks
- * of the files queued into ranged gets, so it must see well past its look-ahead: with 512 files
- * / 64 MiB (the look-ahead itself) the gets of a 1 GiB restore averaged ~85 KB, with 4,096 /
- * 256 MiB they are a few times larger and the storage-gateway's CPU halves (docs/performance.md).
- * The bytes are not held (AHEAD_BYTES bounds what is fetched and not written). Each queued file
- * holds a descriptor: at most a quarter of the process's limit of open files.
+ * Files queued for writing at once, and their chunks at most. The reader merges the chunks of
+ * the files queued into ranged gets, so it must see well past its look-ahead: with 512 files
+ * / 64 MiB (the look-ahead itself) the gets of a 1 GiB restore averaged ~85 KB, with 4,096
+ * files they are a few times larger and the storage-gateway's CPU halves (docs/performance.md).
+ * Queued chunks are not held (AHEAD_BYTES bounds what is fetched and not written), each is a
+ * small record; they are bounded by count, not size: a size bound (it was 256 MiB) stopped the
+ * walk behind one large file (a 640 MiB relation file) and the files after it were fetched in a
+ * second, smaller window once it was written. Each queued file holds a descriptor: at most a
+ * quarter of the process's limit of open files.
  */
 const FILES_IN_FLIGHT = Math.min(4096, Math.max(64, Math.floor(openFilesLimit() / 4)));
-const BYTES_IN_FLIGHT = 256 * 1024 * 1024;
+const CHUNKS_IN_FLIGHT = 16384;
 
 /** The soft limit of open files (Node raises it to the hard limit at start); 1024 when unknown. */
 function openFilesLimit(): number {
@@ -187,7 +190,7 @@ class FsRestore {
   private tempCount = 0;
   /** Files being written, and those of each directory (its mode and times are set after them). */
   private readonly writing = new Set<Promise<void>>();
-  private bytesWriting = 0;
+  private chunksWriting = 0;
   /** Woken when a file in flight is done (the walk waits for room). */
   private roomWaiter: (() => void) | undefined;
   private readonly writingIn = new Map<string, Set<Promise<void>>>();
@@ -408,19 +411,19 @@ class FsRestore {
     // A directory this restore created held nothing else: no existing file to check for.
     if (!this.createdDirs.has(dir)) this.checkReplaceable(node.path, abs);
     const tmp = join(dirname(abs), `${this.tempPrefix}${this.tempCount++}.tmp`);
-    const bytes = node.size ?? 0;
-    this.bytesWriting += bytes;
+    const chunks = node.chunks?.length ?? 0;
+    this.chunksWriting += chunks;
     const task = this.track(this.writeFile(node, tmp, abs, this.createdDirs.has(dir)), this.writing);
     let files = this.writingIn.get(dir);
     if (!files) this.writingIn.set(dir, (files = new Set()));
     files.add(task);
     void task.finally(() => {
       files.delete(task);
-      this.bytesWriting -= bytes;
+      this.chunksWriting -= chunks;
       this.roomWaiter?.();
     });
     // (Not Promise.race over the set: with hundreds of files in flight that costs more than the files.)
-    while (this.writing.size >= FILES_IN_FLIGHT || (this.bytesWriting > BYTES_IN_FLIGHT && this.writing.size > 1)) {
+    while (this.writing.size >= FILES_IN_FLIGHT || (this.chunksWriting > CHUNKS_IN_FLIGHT && this.writing.size > 1)) {
       await new Promise<void>((resolve) => (this.roomWaiter = resolve));
       this.roomWaiter = undefined;
     }
