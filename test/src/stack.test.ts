@@ -73,7 +73,7 @@ describe("iotvault stack (embedded default)", { timeout: 300_000 }, () => {
       const environ = await readFile(`/proc/${c.pid}/environ`, "utf8");
       const has = environ.split("\0").some((v) => v.startsWith("IOTVAULT_PASSWORD_FILE="));
       assert.equal(has, c.name === "executor" || c.name === "restore", `${c.name} sees the repository secret: ${has}`);
-      // Each service runs with its Node options (the gateway with a larger first heap limit).
+      // Each service runs with its Node options (the gateway and executor with a larger first heap limit).
       const argv = (await readFile(`/proc/${c.pid}/cmdline`, "utf8")).split("\0");
       const options = argv.slice(
         1,
@@ -82,7 +82,8 @@ describe("iotvault stack (embedded default)", { timeout: 300_000 }, () => {
       assert.deepEqual(options, serviceNodeFlags(c.name), `${c.name}: ${argv.join(" ")}`);
     }
     assert.ok(serviceNodeFlags("storage-gateway").includes("--initial-heap-size=128"));
-    assert.ok(!serviceNodeFlags("executor").some((f) => f.startsWith("--initial-heap-size")));
+    assert.ok(serviceNodeFlags("executor").includes("--initial-heap-size=128"));
+    assert.ok(!serviceNodeFlags("restore").some((f) => f.startsWith("--initial-heap-size")));
     // The private PostgreSQL wants a password over TCP (no trust authentication).
     const anonymous = new pg.Client({
       host: "127.0.0.1",

@@ -8,18 +8,20 @@ import { IotvaultError } from "@iotvault/errors";
  * The Node options of an iotvault service, wherever it is started: `iotvault stack up`, deploy/
  * (the Dockerfile's entrypoint and compose.yaml), the test and bench stacks.
  *
- * The storage-gateway also runs with --initial-heap-size=128 (MB): V8 sets a heap's first
- * old-generation limit from it. The gateway holds a small heap (~20 MB live) while megabytes of
- * pack data pass through its buffers; with the default limit it started a major GC every few
- * MiB served (~60 in one restore of a 1 GiB corpus, a third of its CPU), with 128 MB a handful
- * (its CPU per restore fell from ~2.9 to ~1.1 s). The price is garbage kept longer: 20-40 MiB
- * more resident memory, which the executor (whose memory is the budget that counts on an edge
- * node, and which gained no measurable CPU from it) does not pay. docs/performance.md.
+ * The storage-gateway and the executor also run with --initial-heap-size=128 (MB): V8 sets a
+ * heap's first old-generation limit from it. Both hold a small heap (~20-35 MB live) while
+ * hundreds of megabytes pass through their buffers; with the default limit V8 started a major
+ * GC every few MiB: the gateway ~60 in one restore of a 1 GiB corpus (a third of its CPU; with
+ * 128 MB a handful, its CPU per restore fell from ~2.9 to ~1.1 s), the executor ~100 in one
+ * physical backup of a pgbench -s 50 cluster (its main thread spent half its time in GC and
+ * held the workers back; with 128 MB ~20, and the backups took 0.6-1 s less). The price is
+ * garbage kept longer: 20-40 MiB more resident memory per process. docs/performance.md.
  */
 export function serviceNodeFlags(service: string): readonly string[] {
-  return service === "storage-gateway" ? [...BASE_NODE_FLAGS, "--initial-heap-size=128"] : BASE_NODE_FLAGS;
+  return LARGER_FIRST_HEAP.has(service) ? [...BASE_NODE_FLAGS, "--initial-heap-size=128"] : BASE_NODE_FLAGS;
 }
 
+const LARGER_FIRST_HEAP = new Set(["storage-gateway", "executor"]);
 const BASE_NODE_FLAGS: readonly string[] = ["--enable-source-maps"];
 
 /** True when something accepts TCP connections at host:port within the timeout. */
