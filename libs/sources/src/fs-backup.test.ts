@@ -37,22 +37,25 @@ async function makeTree(root: string): Promise<void> {
   }
 }
 
-void test("backup then restore gives a byte-identical tree (contents, modes, mtimes, symlinks, empty and non-ASCII)", async () => {
-  await withSandbox(async ({ dir, repo }) => {
-    const src = dir("src");
-    await makeTree(src);
-    const { snapshot, result } = await backup(repo, "r1", { root: src });
-    assert.deepEqual(
-      { files: result.files, dirs: result.dirs, symlinks: result.symlinks, warnings: result.warnings },
-      { files: 8, dirs: 5, symlinks: 3, warnings: 0 },
-    );
-    const dst = dir("dst");
-    const restored = await restoreToDirectory(repo, snapshot, { target: dst, verify: true });
-    assert.equal(restored.verified, true);
-    assert.equal(restored.files, 8);
-    assert.deepEqual(await describeTree(dst), await describeTree(src));
+// Metadata and names set synchronously (the default while fast) and through the thread pool.
+for (const metadataInThreadPool of [false, true]) {
+  void test(`backup then restore gives a byte-identical tree (contents, modes, mtimes, symlinks, empty and non-ASCII; metadata in the thread pool: ${metadataInThreadPool})`, async () => {
+    await withSandbox(async ({ dir, repo }) => {
+      const src = dir("src");
+      await makeTree(src);
+      const { snapshot, result } = await backup(repo, "r1", { root: src });
+      assert.deepEqual(
+        { files: result.files, dirs: result.dirs, symlinks: result.symlinks, warnings: result.warnings },
+        { files: 8, dirs: 5, symlinks: 3, warnings: 0 },
+      );
+      const dst = dir("dst");
+      const restored = await restoreToDirectory(repo, snapshot, { target: dst, verify: true, metadataInThreadPool });
+      assert.equal(restored.verified, true);
+      assert.equal(restored.files, 8);
+      assert.deepEqual(await describeTree(dst), await describeTree(src));
+    });
   });
-});
+}
 
 void test("include and exclude globs; an excluded directory is not descended into", async () => {
   await withSandbox(async ({ dir, repo }) => {
