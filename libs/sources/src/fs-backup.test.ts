@@ -37,9 +37,9 @@ async function makeTree(root: string): Promise<void> {
   }
 }
 
-// Metadata and names set synchronously (the default while fast) and through the thread pool.
-for (const metadataInThreadPool of [false, true]) {
-  void test(`backup then restore gives a byte-identical tree (contents, modes, mtimes, symlinks, empty and non-ASCII; metadata in the thread pool: ${metadataInThreadPool})`, async () => {
+// Files created and finished synchronously (the default while fast) and through the thread pool.
+for (const fileCallsInThreadPool of [false, true]) {
+  void test(`backup then restore gives a byte-identical tree (contents, modes, mtimes, symlinks, empty and non-ASCII; file calls in the thread pool: ${fileCallsInThreadPool})`, async () => {
     await withSandbox(async ({ dir, repo }) => {
       const src = dir("src");
       await makeTree(src);
@@ -49,7 +49,7 @@ for (const metadataInThreadPool of [false, true]) {
         { files: 8, dirs: 5, symlinks: 3, warnings: 0 },
       );
       const dst = dir("dst");
-      const restored = await restoreToDirectory(repo, snapshot, { target: dst, verify: true, metadataInThreadPool });
+      const restored = await restoreToDirectory(repo, snapshot, { target: dst, verify: true, fileCallsInThreadPool });
       assert.equal(restored.verified, true);
       assert.equal(restored.files, 8);
       assert.deepEqual(await describeTree(dst), await describeTree(src));

@@ -12,11 +12,10 @@
  *
  * Decision: the target side uses synchronous fs calls (as the backup's walk does): on many
  * small files they cost a fraction of the async API's thread-pool round trips, and each blocks
- * the event loop only for one small operation. A file is created through the thread pool (so
- * that the walk queues files while earlier ones are created), its content is written by the
- * worker threads, and its owner, mode, times and final name are set with synchronous calls
- * while those stay fast; after a few slow ones (NFS, a congested disk) through the thread pool,
- * so that a slow file system never holds the event loop (the transfers from the repository).
+ * the event loop only for one small operation. A file is created, and after its content (written
+ * by the worker threads) gets its owner, mode, times and final name, with synchronous calls while
+ * those stay fast; after a few slow ones (NFS, a congested disk) through the thread pool, so that
+ * a slow file system never holds the event loop (the transfers from the repository).
  */
 import { randomBytes, createHash } from "node:crypto";
 import {
@@ -71,10 +70,11 @@ export interface RestoreDirectoryOptions {
   /** Read every restored file back and compare its sha256 with the snapshot's. */
   verify?: boolean | undefined;
   /**
-   * Set each file's metadata and name through the thread pool from the start (a target file
-   * system known to be slow); by default that happens after SLOW_METADATA_LIMIT slow ones.
+   * Create files and set their metadata and names through the thread pool from the start (a
+   * target file system known to be slow); by default that happens after SLOW_CALLS_LIMIT slow
+   * synchronous calls.
    */
-  metadataInThreadPool?: boolean | undefined;
+  fileCallsInThreadPool?: boolean | undefined;
   signal?: AbortSignal | undefined;
   onProgress?: ((p: FsProgress) => void) | undefined;
 }
@@ -118,13 +118,14 @@ const AHEAD_BYTES = 64 * 1024 * 1024;
  * quarter of the process's limit of open files.
  */
 /**
- * Setting a written file's owner, mode, times and name takes a few microseconds per call on a
- * local file system, where each thread-pool round trip costs more than the call (a restore of
- * 26,000 files: ~1 s and ~2 CPU-s less done synchronously; docs/performance.md). Once this many
- * files took longer than SLOW_METADATA_MS for it, the rest of the restore uses the thread pool.
+ * Creating a file, and setting its owner, mode, times and name, takes a few microseconds per
+ * call on a local file system, where each thread-pool round trip costs more than the call (a
+ * restore of 26,000 files: ~2 s and ~3 CPU-s less done synchronously; docs/performance.md). Once
+ * this many files took longer than SLOW_CALLS_MS for either, the rest of the restore uses the
+ * thread pool.
  */
-const SLOW_METADATA_MS = 2;
-const SLOW_METADATA_LIMIT = 8;
+const SLOW_CALLS_MS = 2;
+const SLOW_CALLS_LIMIT = 8;
 const FILES_IN_FLIGHT = Math.min(4096, Math.max(64, Math.floor(openFilesLimit() / 4)));
 const CHUNKS_IN_FLIGHT = 16384;
 
@@ -214,8 +215,8 @@ class FsRestore {
   private readonly finalizing = new Set<Promise<void>>();
   private failure: { error: unknown } | undefined;
   private lastProgress = -Infinity;
-  /** Files whose metadata took longer than SLOW_METADATA_MS (synchronously). */
-  private slowMetadata = 0;
+  /** Synchronous creations or metadata updates that took longer than SLOW_CALLS_MS. */
+  private slowCalls = 0;
   /** Symlinks this restore made (root-relative), checked again through the final tree. */
   private readonly linksMade: string[] = [];
 
@@ -417,10 +418,10 @@ class FsRestore {
   /**
    * Checks the file's place now (in walk order), then creates it under a temporary name, has the
    * repository's reader write its content (worker threads, positioned writes; every chunk
-   * checked), sets its metadata and renames it into place, all in the background with
-   * asynchronous calls: the thread stays free for the transfers from the repository while the
-   * file system works. Up to FILES_IN_FLIGHT files at once, so that the reader sees far enough
-   * ahead to fetch in large requests.
+   * checked), then sets its metadata and renames it into place (synchronous calls while they
+   * are fast, see SLOW_CALLS_MS): the walk goes on while the content is fetched and written.
+   * Up to FILES_IN_FLIGHT files at once, so that the reader sees far enough ahead to fetch in
+   * large requests.
    */
   private async restoreFile(node: TreeNode): Promise<void> {
     this.ensureParents(node.path);
@@ -451,11 +452,14 @@ class FsRestore {
   private async writeFile(node: TreeNode, tmp: string, abs: string, inCreatedDir: boolean): Promise<void> {
     // The final mode at creation when the umask keeps it whole (no fchmod then); else 0600 and fchmod.
     const modeAtCreation = (node.mode & 0o7000) === 0 && (node.mode & UMASK) === 0;
-    const fd = await fsAsync.open(
-      tmp,
-      constants.O_RDWR | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW,
-      modeAtCreation ? node.mode : 0o600,
-    );
+    const flags = constants.O_RDWR | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
+    const createMode = modeAtCreation ? node.mode : 0o600;
+    let fd: number;
+    if (this.syncCalls()) {
+      const started = performance.now();
+      fd = openSync(tmp, flags, createMode);
+      this.timed(started);
+    } else fd = await fsAsync.open(tmp, flags, createMode);
     let closed = false;
     try {
       const size = await this.reader.write(node, fd);
@@ -466,7 +470,7 @@ class FsRestore {
       const chown = IS_ROOT && !owned;
       const chmod = !modeAtCreation || chown;
       const t = seconds(node.mtimeNs);
-      if (this.options.metadataInThreadPool || this.slowMetadata >= SLOW_METADATA_LIMIT) {
+      if (!this.syncCalls()) {
         if (chown) await fsAsync.fchown(fd, node.uid, node.gid).catch(() => undefined);
         if (chmod) await fsAsync.fchmod(fd, node.mode);
         await fsAsync.futimes(fd, t, t);
@@ -481,7 +485,7 @@ class FsRestore {
         closed = true;
         closeSync(fd);
         renameSync(tmp, abs);
-        if (performance.now() - started > SLOW_METADATA_MS) this.slowMetadata++;
+        this.timed(started);
       }
       this.realDirs.delete(node.path);
       this.result.files++;
@@ -492,6 +496,15 @@ class FsRestore {
       await fsAsync.unlink(tmp).catch(() => undefined);
       throw err;
     }
+  }
+
+  /** Whether files are created and finished with synchronous calls (see SLOW_CALLS_MS). */
+  private syncCalls(): boolean {
+    return !this.options.fileCallsInThreadPool && this.slowCalls < SLOW_CALLS_LIMIT;
+  }
+
+  private timed(started: number): void {
+    if (performance.now() - started > SLOW_CALLS_MS) this.slowCalls++;
   }
 
   /** An existing file or symlink may be replaced only with `overwrite`; a directory never. */
