@@ -107,6 +107,15 @@ const UMASK = (() => {
 /** Plain bytes fetched from the repository ahead of the writes (the memory a restore holds). */
 const AHEAD_BYTES = 64 * 1024 * 1024;
 /**
+ * Creating a file, and setting its owner, mode, times and name, takes a few microseconds per
+ * call on a local file system, where each thread-pool round trip costs more than the call (a
+ * restore of 26,000 files: 1-2 s and 2-3 CPU-s less done synchronously; docs/performance.md).
+ * Once this many files took longer than SLOW_CALLS_MS for either, the rest of the restore uses
+ * the thread pool.
+ */
+const SLOW_CALLS_MS = 2;
+const SLOW_CALLS_LIMIT = 8;
+/**
  * Files queued for writing at once, and their chunks at most. The reader merges the chunks of
  * the files queued into ranged gets, so it must see well past its look-ahead: with 512 files
  * / 64 MiB (the look-ahead itself) the gets of a 1 GiB restore averaged ~85 KB, with 4,096
@@ -117,15 +126,6 @@ const AHEAD_BYTES = 64 * 1024 * 1024;
  * second, smaller window once it was written. Each queued file holds a descriptor: at most a
  * quarter of the process's limit of open files.
  */
-/**
- * Creating a file, and setting its owner, mode, times and name, takes a few microseconds per
- * call on a local file system, where each thread-pool round trip costs more than the call (a
- * restore of 26,000 files: ~2 s and ~3 CPU-s less done synchronously; docs/performance.md). Once
- * this many files took longer than SLOW_CALLS_MS for either, the rest of the restore uses the
- * thread pool.
- */
-const SLOW_CALLS_MS = 2;
-const SLOW_CALLS_LIMIT = 8;
 const FILES_IN_FLIGHT = Math.min(4096, Math.max(64, Math.floor(openFilesLimit() / 4)));
 const CHUNKS_IN_FLIGHT = 16384;
 
