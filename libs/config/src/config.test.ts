@@ -44,9 +44,25 @@ describe("configuration", () => {
       () => parseConfig({ bus: { ackWaitMs: 10 }, database: { url: "mysql://x/y" }, colour: "blue" }),
       (e: unknown) =>
         isCode(e, "CONFIG_INVALID") &&
-        /bus\.ackWaitMs/.test(e.message) &&
+        /bus\.ackWaitMs: expected at least 1000/.test(e.message) &&
         /database\.url: expected a URL with scheme postgres/.test(e.message) &&
-        /colour|Unrecognized key/i.test(e.message),
+        /colour: unknown setting "colour"/.test(e.message),
+    );
+    assert.throws(
+      () =>
+        parseConfig({
+          storage: { repositories: { main: {}, Other: { url: "file:///x" } } },
+          repository: { workers: 1.5 },
+          nats: "nats://x",
+          log: { level: "loud" },
+        }),
+      (e: unknown) =>
+        isCode(e, "CONFIG_INVALID") &&
+        /storage\.repositories\.main\.url: required/.test(e.message) &&
+        /storage\.repositories\.Other: repository names are lower-case/.test(e.message) &&
+        /repository\.workers: expected an integer/.test(e.message) &&
+        /nats: expected a mapping of settings/.test(e.message) &&
+        /log\.level: expected debug, info, warn or error/.test(e.message),
     );
     assert.throws(
       () => parseConfig([1, 2]),

@@ -3,158 +3,164 @@ import { homedir } from "node:os";
 import { isAbsolute, join, resolve } from "node:path";
 import { IotvaultError } from "@iotvault/errors";
 import { parse as parseYaml } from "yaml";
-import { z } from "zod";
+import * as v from "valibot";
 
 export const SERVICE_NAMES = ["scheduler", "executor", "storage-gateway", "catalog", "restore"] as const;
 export type ServiceName = (typeof SERVICE_NAMES)[number];
 
+/*
+ * Decision: the schema is written with valibot rather than zod: every CLI process (and every
+ * PostgreSQL archive_command, `iotvault wal-push`) loads it, and importing zod took 80-110 ms
+ * here against ~12 ms (docs/performance.md).
+ */
 const NAME = /^[a-z0-9][a-z0-9._-]{0,62}$/;
-const hostPort = z
-  .string()
-  .regex(/^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, "expected host:port, e.g. 127.0.0.1:7601");
+const hostPort = v.pipe(
+  v.string(),
+  v.regex(/^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, "expected host:port, e.g. 127.0.0.1:7601"),
+);
+const int = (min: number, max: number, fallback: number) =>
+  v.optional(
+    v.pipe(
+      v.number("expected a number"),
+      v.integer("expected an integer"),
+      v.minValue(min, `expected at least ${min}`),
+      v.maxValue(max, `expected at most ${max}`),
+    ),
+    fallback,
+  );
+/** A mapping whose keys are all known (an unknown one is a misspelt setting). */
+const mapping = <T extends v.ObjectEntries>(entries: T) =>
+  v.strictObject(entries, (issue: v.StrictObjectIssue) =>
+    issue.expected === "never"
+      ? `unknown setting ${issue.received} (docs/configuration.md lists them)`
+      : issue.expected === "Object"
+        ? `expected a mapping of settings, got ${issue.received}`
+        : "required",
+  );
+/** A section: every field optional, unknown keys refused, absent = all defaults. */
+const section = <T extends v.ObjectEntries>(entries: T) =>
+  v.optional(mapping(entries), {} as v.InferInput<ReturnType<typeof mapping<T>>>);
 
 const service = (port: number) =>
-  z
-    .object({
-      /** Address the service's gRPC server binds to. */
-      listen: hostPort.default(`127.0.0.1:${port}`),
-      /** Address other processes use to reach it (defaults to listen). */
-      address: hostPort.optional(),
-    })
-    .strict()
-    .prefault({});
+  section({
+    /** Address the service's gRPC server binds to. */
+    listen: v.optional(hostPort, `127.0.0.1:${port}`),
+    /** Address other processes use to reach it (defaults to listen). */
+    address: v.optional(hostPort),
+  });
 
 const urlWith = (protocols: string[]) =>
-  z.string().refine(
-    (s) => {
-      try {
-        return protocols.includes(new URL(s).protocol);
-      } catch {
-        return false;
-      }
-    },
-    { message: `expected a URL with scheme ${protocols.map((p) => p.replace(/:$/, "://")).join(" or ")}` },
+  v.pipe(
+    v.string(),
+    v.check(
+      (s) => {
+        try {
+          return protocols.includes(new URL(s).protocol);
+        } catch {
+          return false;
+        }
+      },
+      `expected a URL with scheme ${protocols.map((p) => p.replace(/:$/, "://")).join(" or ")}`,
+    ),
   );
 
-const schema = z
-  .object({
-    /** The site this process serves: executors take work from iotvault.work.backup.<site>. */
-    site: z.string().regex(NAME, "expected a lower-case name ([a-z0-9][a-z0-9._-]*)").default("default"),
-    nats: z
-      .object({
-        url: z.string().min(1).default("nats://127.0.0.1:4222"),
-        /** A NATS credentials (.creds) file. */
-        credsFile: z.string().optional(),
-      })
-      .strict()
-      .prefault({}),
-    database: z
-      .object({
-        /** The catalog's PostgreSQL database (created when missing). */
-        url: urlWith(["postgres:", "postgresql:"]).default("postgres://postgres@127.0.0.1:5432/iotvault"),
-        /** A file holding the database password (kept out of the URL and of the config file). */
-        passwordFile: z.string().optional(),
-      })
-      .strict()
-      .prefault({}),
-    services: z
-      .object({
-        scheduler: service(7601),
-        executor: service(7602),
-        storageGateway: service(7603),
-        catalog: service(7604),
-        restore: service(7605),
-      })
-      .strict()
-      .prefault({}),
-    storage: z
-      .object({
-        /** Repositories defined in the file (more are added with `iotvault repo init`). */
-        repositories: z
-          .record(
-            z.string().regex(NAME, "repository names are lower-case"),
-            z
-              .object({
-                url: z.string(),
-                /**
-                 * More targets holding a full copy (file://, s3://, sftp://): every write goes to
-                 * all of them; the storage-gateway copies what a target missed while it was down.
-                 */
-                replicas: z.array(z.string().min(1)).default([]),
-                /** NAME=value lines with this repository's storage credentials (gateway only). */
-                credentialsFile: z.string().optional(),
-              })
-              .strict(),
-          )
-          .default({}),
-        /**
-         * Directories under which `iotvault repo init` may create file:// repositories (the
-         * gateway refuses any other path). Default: IOTVAULT_HOME and /var/lib/iotvault.
-         */
-        allowedRoots: z.array(z.string().refine((p) => p.startsWith("/"), "expected an absolute path")).optional(),
-      })
-      .strict()
-      .prefault({}),
-    repository: z
-      .object({
-        /** Read the repository passphrase from this file (overridden by IOTVAULT_PASSWORD_FILE). */
-        passwordFile: z.string().optional(),
-        /** Open repositories with this key file instead (overridden by IOTVAULT_KEY_FILE). */
-        keyFile: z.string().optional(),
-        /** Target size of a pack in MiB. */
-        packSizeMiB: z.number().int().min(1).max(128).default(16),
-        /** zstd level for chunks (1 fastest .. 19 smallest). */
-        compressionLevel: z.number().int().min(1).max(19).default(3),
-        /** scrypt cost as log2(N) for new key slots; 17 = 128 MiB of memory per derivation. */
-        scryptLogN: z.number().int().min(10).max(22).default(17),
-        /** Worker threads for chunk hashing, compression and encryption (0 = one per core). */
-        workers: z.number().int().min(0).max(64).default(0),
-      })
-      .strict()
-      .prefault({}),
-    bus: z
-      .object({
-        /** Time a worker has to ack or signal progress before a work item is redelivered. */
-        ackWaitMs: z.number().int().min(1000).default(30_000),
-        /** Deliveries of one work item before it goes to the dead-letter subject. */
-        maxDeliver: z.number().int().min(1).max(100).default(5),
-        /**
-         * Deliveries of one event to the catalog before it is dead-lettered: high, so that a
-         * database outage of hours (retries back off to 30 s) loses no event.
-         */
-        eventsMaxDeliver: z.number().int().min(1).max(100_000).default(2000),
-        /** JetStream duplicate window (message-id dedup of work items). */
-        duplicateWindowMs: z
-          .number()
-          .int()
-          .min(1000)
-          .default(2 * 3600_000),
-        /** Minimum interval between progress events of one run. */
-        progressIntervalMs: z.number().int().min(100).default(1000),
-        /** Age after which events are dropped from IOTVAULT_EVENTS. */
-        eventsMaxAgeDays: z.number().int().min(1).default(30),
-      })
-      .strict()
-      .prefault({}),
-    telemetry: z
-      .object({
-        /** OTLP/HTTP endpoint for traces; when empty, spans are only kept locally. */
-        otlpEndpoint: z.string().optional(),
-        /** Keep finished spans as JSON lines under <home>/traces (for `iotvault trace`). */
-        keepSpans: z.boolean().default(true),
-      })
-      .strict()
-      .prefault({}),
-    log: z
-      .object({ level: z.enum(["debug", "info", "warn", "error"]).default("info") })
-      .strict()
-      .prefault({}),
-  })
-  .strict();
+const schema = mapping({
+  /** The site this process serves: executors take work from iotvault.work.backup.<site>. */
+  site: v.optional(v.pipe(v.string(), v.regex(NAME, "expected a lower-case name ([a-z0-9][a-z0-9._-]*)")), "default"),
+  nats: section({
+    url: v.optional(v.pipe(v.string(), v.minLength(1, "expected a URL")), "nats://127.0.0.1:4222"),
+    /** A NATS credentials (.creds) file. */
+    credsFile: v.optional(v.string()),
+  }),
+  database: section({
+    /** The catalog's PostgreSQL database (created when missing). */
+    url: v.optional(urlWith(["postgres:", "postgresql:"]), "postgres://postgres@127.0.0.1:5432/iotvault"),
+    /** A file holding the database password (kept out of the URL and of the config file). */
+    passwordFile: v.optional(v.string()),
+  }),
+  services: section({
+    scheduler: service(7601),
+    executor: service(7602),
+    storageGateway: service(7603),
+    catalog: service(7604),
+    restore: service(7605),
+  }),
+  storage: section({
+    /** Repositories defined in the file (more are added with `iotvault repo init`). */
+    repositories: v.optional(
+      v.record(
+        v.pipe(v.string(), v.regex(NAME, "repository names are lower-case")),
+        mapping({
+          url: v.string("expected a URL"),
+          /**
+           * More targets holding a full copy (file://, s3://, sftp://): every write goes to
+           * all of them; the storage-gateway copies what a target missed while it was down.
+           */
+          replicas: v.optional(v.array(v.pipe(v.string(), v.minLength(1, "expected a URL"))), () => []),
+          /** NAME=value lines with this repository's storage credentials (gateway only). */
+          credentialsFile: v.optional(v.string()),
+        }),
+      ),
+      () => ({}),
+    ),
+    /**
+     * Directories under which `iotvault repo init` may create file:// repositories (the
+     * gateway refuses any other path). Default: IOTVAULT_HOME and /var/lib/iotvault.
+     */
+    allowedRoots: v.optional(
+      v.array(
+        v.pipe(
+          v.string(),
+          v.check((p) => p.startsWith("/"), "expected an absolute path"),
+        ),
+      ),
+    ),
+  }),
+  repository: section({
+    /** Read the repository passphrase from this file (overridden by IOTVAULT_PASSWORD_FILE). */
+    passwordFile: v.optional(v.string()),
+    /** Open repositories with this key file instead (overridden by IOTVAULT_KEY_FILE). */
+    keyFile: v.optional(v.string()),
+    /** Target size of a pack in MiB. */
+    packSizeMiB: int(1, 128, 16),
+    /** zstd level for chunks (1 fastest .. 19 smallest). */
+    compressionLevel: int(1, 19, 3),
+    /** scrypt cost as log2(N) for new key slots; 17 = 128 MiB of memory per derivation. */
+    scryptLogN: int(10, 22, 17),
+    /** Worker threads for chunk hashing, compression and encryption (0 = one per core). */
+    workers: int(0, 64, 0),
+  }),
+  bus: section({
+    /** Time a worker has to ack or signal progress before a work item is redelivered. */
+    ackWaitMs: int(1000, Number.MAX_SAFE_INTEGER, 30_000),
+    /** Deliveries of one work item before it goes to the dead-letter subject. */
+    maxDeliver: int(1, 100, 5),
+    /**
+     * Deliveries of one event to the catalog before it is dead-lettered: high, so that a
+     * database outage of hours (retries back off to 30 s) loses no event.
+     */
+    eventsMaxDeliver: int(1, 100_000, 2000),
+    /** JetStream duplicate window (message-id dedup of work items). */
+    duplicateWindowMs: int(1000, Number.MAX_SAFE_INTEGER, 2 * 3600_000),
+    /** Minimum interval between progress events of one run. */
+    progressIntervalMs: int(100, Number.MAX_SAFE_INTEGER, 1000),
+    /** Age after which events are dropped from IOTVAULT_EVENTS. */
+    eventsMaxAgeDays: int(1, Number.MAX_SAFE_INTEGER, 30),
+  }),
+  telemetry: section({
+    /** OTLP/HTTP endpoint for traces; when empty, spans are only kept locally. */
+    otlpEndpoint: v.optional(v.string()),
+    /** Keep finished spans as JSON lines under <home>/traces (for `iotvault trace`). */
+    keepSpans: v.optional(v.boolean("expected true or false"), true),
+  }),
+  log: section({
+    level: v.optional(v.picklist(["debug", "info", "warn", "error"], "expected debug, info, warn or error"), "info"),
+  }),
+});
 
 /** What a user writes in the configuration file (every field optional). */
-export type UserConfig = z.input<typeof schema>;
-type WithDefaults = z.output<typeof schema>;
+export type UserConfig = v.InferInput<typeof schema>;
+type WithDefaults = v.InferOutput<typeof schema>;
 
 /** The compiled configuration every process receives. */
 export interface IotvaultConfig extends WithDefaults {
@@ -258,10 +264,10 @@ export function parseConfig(raw: unknown, opts: { env?: Env; file?: string | und
     setPath(merged, path, parsed);
     fromEnv.set(path.join("."), name);
   }
-  const result = schema.safeParse(merged);
+  const result = v.safeParse(schema, merged);
   if (!result.success) {
-    const lines = result.error.issues.map((issue) => {
-      const field = issue.path.map(String).join(".");
+    const lines = result.issues.map((issue) => {
+      const field = (issue.path ?? []).map((item) => String(item.key)).join(".");
       const source = fromEnv.get(field);
       return `  ${field || "(top level)"}${source ? ` (from ${source})` : ""}: ${issue.message}`;
     });
@@ -270,7 +276,7 @@ export function parseConfig(raw: unknown, opts: { env?: Env; file?: string | und
     });
   }
   const home = defaultHome(env);
-  const data = result.data;
+  const data = result.output;
   const addresses: Record<ServiceName, string> = {
     scheduler: data.services.scheduler.address ?? data.services.scheduler.listen,
     executor: data.services.executor.address ?? data.services.executor.listen,
