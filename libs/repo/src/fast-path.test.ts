@@ -9,6 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import { isCode } from "@iotvault/errors";
+import type { MemoryStore } from "@iotvault/storage";
 import { packKey } from "./format.js";
 import type { LocalFileStat } from "./pipeline-core.js";
 import { Repository } from "./repository.js";
@@ -26,6 +27,17 @@ const nodeOf = (path: string) => (stat: LocalFileStat) => ({
   mtimeNs: stat.mtimeNs.toString(),
   inode: stat.ino.toString(),
 });
+
+/** Counts the store's gets of pack data from now on (the reads of a restore). */
+function countDataGets(store: MemoryStore): () => number {
+  let gets = 0;
+  const get = store.get.bind(store);
+  store.get = (...args) => {
+    if (args[0].startsWith("data/")) gets++;
+    return get(...args);
+  };
+  return () => gets;
+}
 
 /** Writes each file's content through `readFiles().write` into a new file; returns what was written. */
 async function restoreAll(repo: Repository, nodes: TreeNode[], dir: string): Promise<Map<string, Buffer>> {
@@ -116,15 +128,13 @@ void test("readFiles fetches many files in few requests; read() yields them in o
       const { snapshot } = await w.commit(META);
       const tree = await collect(repo.readTree(snapshot));
 
-      let gets = 0;
-      const get = store.get.bind(store);
-      store.get = (...args) => {
-        if (args[0].startsWith("data/")) gets++;
-        return get(...args);
-      };
+      const gets = countDataGets(store);
       const restored = await restoreAll(repo, tree, dir);
       tree.forEach((node, i) => assert.ok(restored.get(node.path)!.equals(contents[i]!), node.path));
-      assert.ok(gets <= 12, `${gets} ranged gets for ${tree.length} files in ${coreOf(repo).index.packs().size} packs`);
+      assert.ok(
+        gets() <= 12,
+        `${gets()} ranged gets for ${tree.length} files in ${coreOf(repo).index.packs().size} packs`,
+      );
 
       const reader = repo.readFiles();
       try {
@@ -170,12 +180,7 @@ void test("written files with equal contents, and well-compressed ones, are fetc
       const total = contents.reduce((n, c) => n + c.length, 0);
       assert.ok(stats.bytesStored * 10 < total, `stored ${stats.bytesStored} of ${total}`);
 
-      let gets = 0;
-      const get = store.get.bind(store);
-      store.get = (...args) => {
-        if (args[0].startsWith("data/")) gets++;
-        return get(...args);
-      };
+      const gets = countDataGets(store);
       const tree = nodes.map((n, i) => ({ ...n, size: contents[i]!.length }));
       const restored = await restoreAll(repo, tree, dir);
       tree.forEach((node, i) => assert.ok(restored.get(node.path)!.equals(contents[i]!), node.path));
@@ -183,7 +188,7 @@ void test("written files with equal contents, and well-compressed ones, are fetc
       // A duplicate chunk used to end its range (~100 gets here), and counting the written
       // plaintext against the look-ahead cut the stored megabytes into many windows.
       const packs = coreOf(repo).index.packs().size;
-      assert.ok(gets <= 4 + 2 * packs, `${gets} ranged gets for ${tree.length} files in ${packs} packs`);
+      assert.ok(gets() <= 4 + 2 * packs, `${gets()} ranged gets for ${tree.length} files in ${packs} packs`);
     } finally {
       await repo.close();
     }
@@ -212,12 +217,7 @@ void test("a range of well-compressed chunks is opened by several worker jobs, a
         jobs++;
         return open(...args);
       };
-      let gets = 0;
-      const get = store.get.bind(store);
-      store.get = (...args) => {
-        if (args[0].startsWith("data/")) gets++;
-        return get(...args);
-      };
+      const gets = countDataGets(store);
       // The reader's default look-ahead (64 MiB of plaintext): the whole file in one window.
       const restoreOne = async () => {
         const reader = repo.readFiles();
@@ -232,9 +232,9 @@ void test("a range of well-compressed chunks is opened by several worker jobs, a
         return readFileSync(path);
       };
       assert.ok((await restoreOne()).equals(data));
-      assert.ok(gets <= 2, `${gets} ranged gets`);
+      assert.ok(gets() <= 2, `${gets()} ranged gets`);
       // At most 8 MiB of plaintext per job: the workers share the range.
-      assert.ok(jobs >= Math.ceil(data.length / (8 << 20)), `${jobs} worker jobs for ${gets} ranged gets`);
+      assert.ok(jobs >= Math.ceil(data.length / (8 << 20)), `${jobs} worker jobs for ${gets()} ranged gets`);
 
       // A damaged chunk in the middle of such a range fails the file, naming the pack.
       const loc = coreOf(repo).index.get(node.chunks![Math.floor(node.chunks!.length / 2)]!)!;
