@@ -10,7 +10,7 @@ import { createWriteStream, mkdirSync, readFileSync, writeFileSync } from "node:
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { serviceNodeFlags } from "@iotvault/host";
-import { checkHealth } from "@iotvault/rpc";
+import { checkHealth, healthName } from "@iotvault/rpc";
 import {
   createTestDatabase,
   freePort,
@@ -152,7 +152,9 @@ export class BenchStack {
     await waitFor(
       async () => {
         if (child.exitCode !== null) throw new Error(`${s} exited with ${child.exitCode}; see ${this.home}/logs`);
-        return (await checkHealth(this.address(s), { deadlineMs: 500 })) === "SERVING" || undefined;
+        return (
+          (await checkHealth(this.address(s), { service: healthName(s), deadlineMs: 500 })) === "SERVING" || undefined
+        );
       },
       { timeoutMs: 30_000, intervalMs: 100, what: `${s} to be healthy` },
     );

@@ -25,7 +25,7 @@ import {
   stopPid,
   stopPrivatePostgres,
 } from "@iotvault/host";
-import { checkHealth } from "@iotvault/rpc";
+import { checkHealth, healthName } from "@iotvault/rpc";
 
 /** Start order: storage first, then the catalog that records events, then the producers. */
 const START_ORDER: readonly ServiceName[] = ["storage-gateway", "catalog", "scheduler", "executor", "restore"];
@@ -94,7 +94,15 @@ export async function stackUp(
   await ensurePostgres(config, log);
   for (const name of START_ORDER) {
     const address = config.addressOf(name);
-    if ((await checkHealth(address, { deadlineMs: 1500 })) === "SERVING") continue;
+    const health = await checkHealth(address, { service: healthName(name), deadlineMs: 1500 });
+    if (health === "SERVING") continue;
+    if (health === "SERVICE_UNKNOWN" || health === "UNKNOWN") {
+      // Some other gRPC server (or another iotvault service) holds the port: starting ours
+      // would fail to bind, and counting the other one as ours would send our calls to it.
+      throw new IotvaultError("FAILED_PRECONDITION", `another server answers on ${address}, not the ${name} service`, {
+        hint: `stop it, or give the ${name} service another address (services.${name}.listen in the configuration)`,
+      });
+    }
     const entry = serviceEntry(name);
     const pid = readPidFile(pidFile(config, name));
     if (pid && isAlive(pid)) await stopPid(pid, 5000, entry); // ours, alive but not answering: restart it
@@ -163,7 +171,9 @@ async function waitHealthy(config: IotvaultConfig, timeoutMs: number): Promise<v
   const deadline = Date.now() + timeoutMs;
   let pending: ServiceName[] = [...SERVICE_NAMES];
   while (Date.now() < deadline) {
-    const states = await Promise.all(pending.map((s) => checkHealth(config.addressOf(s), { deadlineMs: 1000 })));
+    const states = await Promise.all(
+      pending.map((s) => checkHealth(config.addressOf(s), { service: healthName(s), deadlineMs: 1000 })),
+    );
     pending = pending.filter((_, i) => states[i] !== "SERVING");
     if (pending.length === 0) return;
     for (const s of pending) {
@@ -217,7 +227,7 @@ export async function stackStatus(config: IotvaultConfig): Promise<ComponentStat
   for (const name of START_ORDER) {
     const address = config.addressOf(name);
     const pid = readPidFile(pidFile(config, name));
-    const health = await checkHealth(address, { deadlineMs: 1500 });
+    const health = await checkHealth(address, { service: healthName(name), deadlineMs: 1500 });
     const managed = pid !== undefined && isAlive(pid) && runsCommand(pid, serviceEntry(name));
     out.push({
       name,

@@ -11,7 +11,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { serviceNodeFlags } from "@iotvault/host";
-import { checkHealth } from "@iotvault/rpc";
+import { checkHealth, healthName } from "@iotvault/rpc";
 import {
   createTestDatabase,
   freePort,
@@ -74,20 +74,27 @@ export class TestStack {
       IOTVAULT_STORAGE_ROOTS: tmpdir(),
       ...options.extraEnv,
     };
-    for (const s of SERVICES) {
-      const port = await freePort();
-      stack.ports.set(s, port);
-      env[`IOTVAULT_${s.toUpperCase().replace("-", "_")}_LISTEN`] = `127.0.0.1:${port}`;
-    }
     stack.env = env;
     mkdirSync(join(home.path, "logs"), { recursive: true });
-    try {
-      for (const s of SERVICES) await stack.startService(s);
-    } catch (err) {
-      await stack.stop();
-      throw err;
+    // A port found free may be taken by another test's server before our service binds it
+    // (test files run in parallel): then the whole set starts again on new ports.
+    for (let attempt = 1; ; attempt++) {
+      for (const s of SERVICES) {
+        const port = await freePort();
+        stack.ports.set(s, port);
+        env[`IOTVAULT_${s.toUpperCase().replace("-", "_")}_LISTEN`] = `127.0.0.1:${port}`;
+      }
+      try {
+        for (const s of SERVICES) await stack.startService(s);
+        return stack;
+      } catch (err) {
+        await stack.stopServices();
+        if (!(err instanceof PortTaken) || attempt === 3) {
+          await stack.stop();
+          throw err;
+        }
+      }
     }
-    return stack;
   }
 
   address(s: Service): string {
@@ -98,22 +105,41 @@ export class TestStack {
     return join(this.home.path, "logs", `${s}.log`);
   }
 
+  /**
+   * Starts one service and waits until it is up: the child itself logged that it is ready (so
+   * it, and not some other test's server, holds the port) and answers health as that service.
+   */
   async startService(s: Service): Promise<void> {
     const log = createWriteStream(this.logFile(s), { flags: "a" });
     const child = spawn(process.execPath, [...serviceNodeFlags(s), entry(s)], {
       env: this.env,
       stdio: ["ignore", "pipe", "pipe"],
     });
+    let ready = false;
+    let pending = "";
+    // Services log to stderr.
+    child.stderr.on("data", (d: Buffer) => {
+      const lines = (pending + d.toString()).split("\n");
+      pending = lines.pop() ?? "";
+      if (lines.some(isReadyLine)) ready = true;
+    });
     child.stdout.pipe(log);
     child.stderr.pipe(log);
     this.processes.set(s, child);
-    await waitFor(
+    const outcome = await waitFor(
       async () => {
-        if (child.exitCode !== null) throw new Error(`${s} exited with ${child.exitCode}:\n${await this.tail(s)}`);
-        return (await checkHealth(this.address(s), { deadlineMs: 500 })) === "SERVING" || undefined;
+        if (child.exitCode !== null) return "exited";
+        if (!ready) return undefined;
+        const health = await checkHealth(this.address(s), { service: healthName(s), deadlineMs: 500 });
+        return health === "SERVING" ? "up" : undefined;
       },
       { timeoutMs: 30_000, intervalMs: 100, what: `${s} to be healthy` },
     );
+    if (outcome === "exited") {
+      const tail = await this.tail(s);
+      if (/cannot listen for gRPC/.test(tail)) throw new PortTaken(`${s}: ${this.address(s)} is taken`);
+      throw new Error(`${s} exited with ${child.exitCode}:\n${tail}`);
+    }
   }
 
   /** SIGKILL: the process gets no chance to clean up or ack. */
@@ -155,6 +181,12 @@ export class TestStack {
   }
 
   async stop(): Promise<void> {
+    await this.stopServices();
+    await Promise.allSettled([this.nats.stop(), this.db.drop()]);
+    await this.home.cleanup();
+  }
+
+  private async stopServices(): Promise<void> {
     for (const s of [...SERVICES].reverse()) {
       const child = this.processes.get(s);
       if (child && child.exitCode === null && child.signalCode === null) {
@@ -165,7 +197,18 @@ export class TestStack {
         clearTimeout(timer);
       }
     }
-    await Promise.allSettled([this.nats.stop(), this.db.drop()]);
-    await this.home.cleanup();
+  }
+}
+
+/** A service could not bind its port: another process took it after it was found free. */
+class PortTaken extends Error {}
+
+/** The line each service logs once its gRPC server is bound ("catalog ready", "storage-gateway serving"). */
+function isReadyLine(line: string): boolean {
+  try {
+    const msg = (JSON.parse(line) as { msg?: unknown }).msg;
+    return typeof msg === "string" && /\b(ready|serving)$/.test(msg);
+  } catch {
+    return false;
   }
 }

@@ -8,11 +8,19 @@ import { spawn } from "node:child_process";
 import { once } from "node:events";
 import { readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import { Writable } from "node:stream";
 import { after, before, describe, it } from "node:test";
 import { isAlive, serviceNodeFlags } from "@iotvault/host";
 import pg from "pg";
 import { freePort, tempDir, type TempDir } from "@iotvault/testing";
+import { startGrpcServer } from "@iotvault/rpc";
+import { createLogger } from "@iotvault/telemetry";
 import { CLI } from "./harness.js";
+
+/** A logger that writes nowhere: the test's stand-in server is not under test. */
+function quiet() {
+  return createLogger({ service: "stand-in", stream: new Writable({ write: (_c, _e, done) => done() }) });
+}
 
 describe("iotvault stack (embedded default)", { timeout: 300_000 }, () => {
   let home: TempDir;
@@ -131,6 +139,27 @@ describe("iotvault stack (embedded default)", { timeout: 300_000 }, () => {
     const status = await cli(["stack", "status", "--json"]);
     assert.equal(status.code, 3, "status exits 3 when services are down");
     for (const c of JSON.parse(status.stdout).components) assert.equal(c.state, "stopped", c.name);
+  });
+
+  it("refuses to count another server on a service's port as that service", async () => {
+    // A gRPC server with a health service (here: one that says it is a catalog) holds the
+    // storage-gateway's address. stack up must not take it for the gateway.
+    const listen = env["IOTVAULT_STORAGE_GATEWAY_LISTEN"]!;
+    const other = await startGrpcServer({ listen, serviceName: "catalog", services: [], logger: quiet() });
+    try {
+      const up = await cli(["stack", "up"]);
+      assert.equal(up.code, 1, up.stderr);
+      assert.match(up.stderr, new RegExp(`another server answers on ${listen}, not the storage-gateway service`));
+      assert.match(up.stderr, /hint: .*services\.storage-gateway\.listen/);
+      const status = await cli(["stack", "status", "--json"]);
+      const gateway = (JSON.parse(status.stdout).components as { name: string; state: string }[]).find(
+        (c) => c.name === "storage-gateway",
+      );
+      assert.equal(gateway?.state, "unhealthy");
+    } finally {
+      await other.shutdown(1000);
+      await cli(["stack", "down"]);
+    }
   });
 
   it("explains what to do when a command needs services that are not running", async () => {

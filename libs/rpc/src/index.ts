@@ -29,6 +29,7 @@
  */
 export {
   startGrpcServer,
+  healthName,
   instrumentService,
   type GrpcServerHandle,
   type GrpcServerOptions,

@@ -16,6 +16,7 @@ import {
   checkHealth,
   clientStream,
   createClient,
+  healthName,
   serverStream,
   startGrpcServer,
   unary,
@@ -293,6 +294,9 @@ void test(
     assert.equal(await checkHealth(handle.address), "SERVING");
     assert.equal(await checkHealth(handle.address, { service: ECHO_SERVICE_NAME }), "SERVING");
     assert.equal(await checkHealth(handle.address, { service: "iotvault.v1.Nope" }), "SERVICE_UNKNOWN");
+    // The server says which iotvault service it is; it is not any other.
+    assert.equal(await checkHealth(handle.address, { service: healthName("catalog") }), "SERVING");
+    assert.equal(await checkHealth(handle.address, { service: healthName("restore") }), "SERVICE_UNKNOWN");
     handle.health.setStatus(ECHO_SERVICE_NAME, "NOT_SERVING");
     assert.equal(await checkHealth(handle.address, { service: ECHO_SERVICE_NAME }), "NOT_SERVING");
     handle.health.setStatus(ECHO_SERVICE_NAME, "SERVING");

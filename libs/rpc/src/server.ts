@@ -253,9 +253,19 @@ function shutdownServer(server: grpc.Server, graceMs: number): Promise<void> {
 }
 
 /**
+ * The health-check name under which a server says which iotvault service it is
+ * ("iotvault.catalog", "iotvault.executor", ...): a probe that asks for it is not answered
+ * SERVING by some other gRPC server that happens to listen on the address.
+ */
+export function healthName(serviceName: string): string {
+  return `iotvault.${serviceName}`;
+}
+
+/**
  * Starts a gRPC server with the standard health service and every handler instrumented (trace
  * context from the metadata, a SERVER span `<Service>/<Method>`, errors mapped to statuses
- * with `iotvault-error-*` trailers). Health is SERVING for "" and each service once bound.
+ * with `iotvault-error-*` trailers). Health is SERVING for "", for `healthName(serviceName)`
+ * and for each service once bound.
  */
 export async function startGrpcServer(options: GrpcServerOptions): Promise<GrpcServerHandle> {
   const maxBytes = options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
@@ -270,7 +280,7 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<GrpcS
     server.addService(binding.definition, instrumentService(binding, options.serviceName, logger));
   }
   const port = await bind(server, options.listen, options.credentials ?? grpc.ServerCredentials.createInsecure());
-  const names = ["", ...options.services.map((s) => s.name)];
+  const names = ["", healthName(options.serviceName), ...options.services.map((s) => s.name)];
   for (const name of names) health.setStatus(name, "SERVING");
   let stopping: Promise<void> | undefined;
   return {

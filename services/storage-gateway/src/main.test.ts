@@ -58,6 +58,9 @@ async function waitServing(started: Started): Promise<void> {
   await waitFor(
     async () => {
       if (started.child.exitCode !== null) throw new Error(`main.js exited early:\n${started.stderr()}`);
+      // Its own "serving" line first: a gateway of a test running in parallel may answer on a
+      // port this one found free a moment before.
+      if (!started.stderr().includes('"msg":"storage-gateway serving"')) return false;
       return (
         (await checkHealth(started.address, { service: STORAGE_GATEWAY_SERVICE_NAME, deadlineMs: 500 })) === "SERVING"
       );
