@@ -8,7 +8,8 @@ export interface Entry {
   path: string;
   type: "dir" | "file" | "symlink" | "other";
   mode: number;
-  mtimeMs: number;
+  /** Microseconds: what a restore keeps (Node's utimes go through libuv, which sets microseconds). */
+  mtimeUs: number;
   size: number;
   sha256?: string;
   target?: string;
@@ -25,13 +26,16 @@ export async function walk(root: string, rel = ""): Promise<Entry[]> {
   const names = (await readdir(join(root, rel))).sort();
   for (const name of names) {
     const p = rel ? `${rel}/${name}` : name;
-    const st = await lstat(join(root, p));
-    const base = { path: p, mode: st.mode & 0o7777, mtimeMs: Math.floor(st.mtimeMs), size: 0 };
+    // From the exact nanoseconds: Math.floor of stat's mtimeMs (a double) can tell apart two
+    // times in the same microsecond when they lie next to a millisecond boundary.
+    const st = await lstat(join(root, p), { bigint: true });
+    const base = { path: p, mode: Number(st.mode) & 0o7777, mtimeUs: Number(st.mtimeNs / 1000n), size: 0 };
     if (st.isSymbolicLink()) out.push({ ...base, type: "symlink", target: await readlink(join(root, p)) });
     else if (st.isDirectory()) {
       out.push({ ...base, type: "dir" });
       out.push(...(await walk(root, p)));
-    } else if (st.isFile()) out.push({ ...base, type: "file", size: st.size, sha256: await sha256(join(root, p)) });
+    } else if (st.isFile())
+      out.push({ ...base, type: "file", size: Number(st.size), sha256: await sha256(join(root, p)) });
     else out.push({ ...base, type: "other" });
   }
   return out;
@@ -39,5 +43,5 @@ export async function walk(root: string, rel = ""): Promise<Entry[]> {
 
 /** Symlink mtimes are not compared (not every platform can set them); everything else is. */
 export function comparable(entries: Entry[]): Entry[] {
-  return entries.map((e) => (e.type === "symlink" ? { ...e, mtimeMs: 0, mode: 0 } : e));
+  return entries.map((e) => (e.type === "symlink" ? { ...e, mtimeUs: 0, mode: 0 } : e));
 }
