@@ -16,7 +16,15 @@ const restrict = (names, message) => [
 
 export default tseslint.config(
   {
-    ignores: ["**/dist/**", "**/node_modules/**", "proto/src/gen/**", "**/*.js", "**/*.mjs", "bench/out/**"],
+    ignores: [
+      "**/dist/**",
+      "cli/bundle/**",
+      "**/node_modules/**",
+      "proto/src/gen/**",
+      "**/*.js",
+      "**/*.mjs",
+      "bench/out/**",
+    ],
   },
   js.configs.recommended,
   ...tseslint.configs.recommendedTypeChecked,

@@ -11,4 +11,5 @@ if ! command -v restic >/dev/null; then
   if [ "$(id -u)" = 0 ]; then apt-get install -y restic >/dev/null; else sudo -n apt-get install -y restic >/dev/null; fi
 fi
 npx tsc -b libs/sources libs/sample cli services/scheduler services/executor services/storage-gateway services/catalog services/restore bench
+node scripts/bundle-cli.mjs
 exec node bench/dist/backup.js "$@"

@@ -11,4 +11,5 @@ if ! command -v pgbackrest >/dev/null; then
   apt-get install -y pgbackrest >/dev/null
 fi
 npx tsc -b libs/sources cli services/scheduler services/executor services/storage-gateway services/catalog services/restore bench
+node scripts/bundle-cli.mjs
 exec node bench/dist/pg.js "$@"

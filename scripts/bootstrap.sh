@@ -5,7 +5,7 @@
 #   - Debian packages, only when missing: nats-server, PostgreSQL server binaries, and the
 #     compiler tool chain for native addons (zstd-napi, ssh2).
 #   - npm ci when node_modules is missing or the lock file changed.
-#   - tsc -b (type-check and build every package).
+#   - tsc -b (type-check and build every package), then the CLI bundle (scripts/bundle-cli.mjs).
 # With --test (used by test.sh) it also installs what the integration tests start as real
 # servers: openssh-server (SFTP target), Ceph's radosgw (S3 target) and Virtuoso (a SPARQL
 # Graph Store Protocol endpoint).
@@ -84,8 +84,9 @@ npm_install() {
 }
 
 build() {
-  say "building (tsc -b)"
+  say "building (tsc -b, then the CLI bundle)"
   node_modules/.bin/tsc -b
+  node scripts/bundle-cli.mjs
 }
 
 check_node
