@@ -15,7 +15,8 @@ function bundleIsCurrent() {
 }
 
 const entry = bundleIsCurrent() ? "../bundle/main.js" : "../dist/main.js";
-// IOTVAULT_DEBUG prints stack traces: through the bundle's source maps, they name the files of cli/dist and the libraries.
+// IOTVAULT_DEBUG prints stack traces: through the bundle's source maps, they name the TypeScript
+// sources of the CLI and the libraries.
 if (process.env.IOTVAULT_DEBUG) process.setSourceMapsEnabled(true);
 import(entry).catch((err) => {
   if (err && err.code === "ERR_MODULE_NOT_FOUND") {
