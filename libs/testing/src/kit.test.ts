@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { writeFile } from "node:fs/promises";
 import { createServer } from "node:net";
 import { join } from "node:path";
@@ -20,9 +20,12 @@ void test("tempDir creates an empty directory and cleanup removes it with its co
   await dir.cleanup(); // twice is fine
 });
 
-void test("freePort returns a port that can be bound on loopback", async () => {
+void test("freePort returns a port below the kernel's ephemeral range that can be bound on loopback", async () => {
   const port = await freePort();
   assert.ok(port > 0 && port < 65536);
+  // Ports the kernel hands to port-0 listeners and outgoing connections come from this range.
+  const first = Number(readFileSync("/proc/sys/net/ipv4/ip_local_port_range", "utf8").trim().split(/\s+/)[0]);
+  assert.ok(port >= 10_000 && port < first, `${port} is not below the ephemeral range (from ${first})`);
   const server = createServer();
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);

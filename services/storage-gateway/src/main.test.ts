@@ -2,25 +2,17 @@ import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdtemp, rm } from "node:fs/promises";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test, type TestContext } from "node:test";
 import { pathToFileURL } from "node:url";
 import { StorageGatewayServiceClient } from "@iotvault/proto";
 import { callUnary, checkHealth, createClient } from "@iotvault/rpc";
+import { freePort } from "@iotvault/testing";
 import { STORAGE_GATEWAY_SERVICE_NAME } from "./server.js";
 import { putMessages, putObject, waitFor } from "./test-support.js";
 
 const MAIN = join(import.meta.dirname, "main.js");
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
 
 interface Started {
   child: ChildProcess;
