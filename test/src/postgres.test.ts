@@ -21,8 +21,8 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { connect, type NatsConnection, type Subscription } from "@nats-io/transport-node";
 import pg from "pg";
-import { LocalCluster, freeLoopbackPort, walKey } from "@iotvault/sources";
-import { tempDir, waitFor, type TempDir } from "@iotvault/testing";
+import { LocalCluster, walKey } from "@iotvault/sources";
+import { freePort, tempDir, waitFor, type TempDir } from "@iotvault/testing";
 import { CLI, TestStack } from "./harness.js";
 
 const IS_ROOT = process.getuid?.() === 0;
@@ -117,7 +117,7 @@ describe("PostgreSQL end to end: WAL archive, logical and physical jobs, PITR, d
         "",
       ].join("\n"),
     );
-    await source.start({ port: await freeLoopbackPort() });
+    await source.start({ port: await freePort() });
     srcUrl = (db) => `postgres://postgres@127.0.0.1:${source.port}/${db}`;
     await query(srcUrl("postgres"), "CREATE DATABASE iot");
     await query(
@@ -267,7 +267,7 @@ describe("PostgreSQL end to end: WAL archive, logical and physical jobs, PITR, d
     assert.match(details.restoreCommand, /wal-fetch --repo main --system-id \d+ %f %p/);
     const restoredCluster = LocalCluster.attach(target, { runDir: `${target}.run` });
     clusters.push(restoredCluster);
-    await restoredCluster.start({ port: await freeLoopbackPort() });
+    await restoredCluster.start({ port: await freePort() });
     const rows = await query(restoredCluster.url("iot"), "SELECT v FROM events ORDER BY id");
     assert.deepEqual(
       rows.map((r) => r.v),
@@ -467,7 +467,7 @@ describe("PostgreSQL end to end: WAL archive, logical and physical jobs, PITR, d
     );
     const cluster = LocalCluster.attach(pgDir, { runDir: `${pgDir}.run` });
     clusters.push(cluster);
-    await cluster.start({ port: await freeLoopbackPort() });
+    await cluster.start({ port: await freePort() });
     await waitFor(
       async () => {
         const [{ r }] = await query(cluster.url("postgres"), "SELECT pg_is_in_recovery() AS r");

@@ -15,7 +15,8 @@ import { fileURLToPath } from "node:url";
 import pg from "pg";
 import { Repository, type BackupTypeName, type SnapshotManifest } from "@iotvault/repo";
 import { LocalDirectoryStore } from "@iotvault/storage";
-import { LocalCluster, freeLoopbackPort } from "./cluster.js";
+import { freePort } from "@iotvault/testing";
+import { LocalCluster } from "./cluster.js";
 import { quoteLiteral } from "./connection.js";
 import { IS_ROOT } from "./tools.js";
 import { listWal } from "./wal.js";
@@ -102,7 +103,7 @@ export async function startPgSandbox(
       .map(([k, v]) => `${k} = ${quoteLiteral(v)}\n`)
       .join(""),
   );
-  await source.start({ port: await freeLoopbackPort() });
+  await source.start({ port: await freePort() });
   const sql = async <T extends pg.QueryResultRow>(database: string, text: string, params: unknown[] = []) => {
     const client = new pg.Client({ host: "127.0.0.1", port: source.port, user: "postgres", database });
     await client.connect();
