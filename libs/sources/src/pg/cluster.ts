@@ -31,7 +31,14 @@ export interface ClusterOptions {
 }
 
 export interface StartOptions {
-  port: number;
+  /**
+   * The TCP port on 127.0.0.1, or "free": a port that is free when the server starts; when
+   * another process takes it before the server binds it, the server starts again on another
+   * (three tries).
+   */
+  port: number | "free";
+  /** Where "free" ports come from (default freeLoopbackPort). */
+  pickPort?: (() => Promise<number>) | undefined;
   /** Server settings passed as -c name=value (they win over the configuration files). */
   settings?: Readonly<Record<string, string>> | undefined;
   /** Give up after this long (default 60 s). */
@@ -151,7 +158,22 @@ export class LocalCluster {
    * server log when it exits or does not come up in time.
    */
   async start(options: StartOptions): Promise<void> {
-    this.portNumber = options.port;
+    if (options.port !== "free") return this.startOn(options.port, options);
+    for (let attempt = 1; ; attempt++) {
+      const port = await (options.pickPort ?? freeLoopbackPort)();
+      try {
+        await this.startOn(port, options);
+        return;
+      } catch (err) {
+        // The server exits at once when it cannot bind its port (nothing of the data directory
+        // has been touched yet): try another.
+        if (attempt >= 3 || !/could not bind .*Address already in use/.test(this.logTail())) throw err;
+      }
+    }
+  }
+
+  private async startOn(port: number, options: StartOptions): Promise<void> {
+    this.portNumber = port;
     const postgres = findPgProgram("postgres", this.options.major !== undefined ? { major: this.options.major } : {});
     const settings: Record<string, string> = {
       listen_addresses: "127.0.0.1",
@@ -159,7 +181,7 @@ export class LocalCluster {
       logging_collector: "off",
       ...options.settings,
     };
-    const args = ["-D", this.dataDir, "-p", String(options.port)];
+    const args = ["-D", this.dataDir, "-p", String(port)];
     for (const [k, v] of Object.entries(settings)) args.push("-c", `${k}=${v}`);
     const [cmd, cmdArgs] = serverCommand(postgres, args, this.osUser);
     const log = openSync(this.logFile, "a", 0o644);

@@ -23,7 +23,7 @@ import { join } from "node:path";
 import { toIotvaultError } from "@iotvault/errors";
 import type { Repository, SnapshotManifest } from "@iotvault/repo";
 import type { SourceProgress } from "../adapter.js";
-import { LocalCluster, freeLoopbackPort } from "./cluster.js";
+import { LocalCluster } from "./cluster.js";
 import { withPg } from "./connection.js";
 import { restoreLogical, verifyTables } from "./logical-restore.js";
 import { pgMetadataOf, type PgSnapshotMetadata, type TableRecord } from "./metadata.js";
@@ -105,7 +105,7 @@ async function drillLogical(
     runDir: join(scratch, "run"),
     signal: options.signal,
   });
-  await cluster.start({ port: await freeLoopbackPort(), signal: options.signal });
+  await cluster.start({ port: "free", signal: options.signal });
   const database = meta.database ?? "restored";
   const restored = await restoreLogical(repo, snapshot, meta, {
     target: cluster.url(database),

@@ -16,7 +16,7 @@ import { IotvaultError } from "@iotvault/errors";
 import type { Repository, SnapshotManifest } from "@iotvault/repo";
 import type { SourceProgress } from "../adapter.js";
 import { restoreToDirectory } from "../fs/restore.js";
-import { LocalCluster, freeLoopbackPort } from "./cluster.js";
+import { LocalCluster } from "./cluster.js";
 import type { PgSnapshotMetadata } from "./metadata.js";
 import { CONTENTS_EXCLUDED } from "./physical-walk.js";
 import {
@@ -256,8 +256,8 @@ async function recover(
     major: Math.floor(meta.serverVersionNum / 10000),
     runDir: `${options.target}.run`,
   });
-  const port = options.options["port"] ? Number(options.options["port"]) : await freeLoopbackPort();
-  if (!Number.isInteger(port) || port <= 0 || port > 65535) {
+  const port = options.options["port"] ? Number(options.options["port"]) : "free";
+  if (port !== "free" && (!Number.isInteger(port) || port <= 0 || port > 65535)) {
     throw new IotvaultError("INVALID_ARGUMENT", `port "${options.options["port"]}" is not a TCP port`);
   }
   result.recovery = await runRecovery(cluster, {
@@ -271,7 +271,7 @@ async function recover(
     },
     signal: options.signal,
   });
-  result.details["recovery"] = { ...result.recovery, port };
+  result.details["recovery"] = { ...result.recovery, port: cluster.port };
   if (options.options["keep_running"] === "true") result.cluster = cluster;
   else await cluster.stop();
 }

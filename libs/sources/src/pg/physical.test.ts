@@ -6,12 +6,14 @@
  * restore on their own, a cancelled backup, and a drill.
  */
 import assert from "node:assert/strict";
+import { createServer, type AddressInfo } from "node:net";
+import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { isCode } from "@iotvault/errors";
 import type { SnapshotManifest, TreeNode } from "@iotvault/repo";
 import pg from "pg";
-import type { LocalCluster } from "./cluster.js";
+import { LocalCluster, freeLoopbackPort } from "./cluster.js";
 import { drillPostgres } from "./drill.js";
 import { pgMetadataOf } from "./metadata.js";
 import { backupPhysical } from "./physical-backup.js";
@@ -245,6 +247,41 @@ describe(
       const names = verdict.checks.map((c) => c.name);
       for (const n of ["restore", "recovery", "system identifier", "answers postgres", "tables postgres"])
         assert.ok(names.includes(n), n);
+    });
+
+    it('a cluster started on a "free" port tries another when its port was taken before it could bind', async () => {
+      const cluster = await LocalCluster.init(join(s.dir, "port-retry"), { runDir: join(s.dir, "run") });
+      // The first port handed out is held by another listener, as when a parallel process took it.
+      const held = createServer();
+      await new Promise<void>((resolve) => held.listen(0, "127.0.0.1", resolve));
+      const taken = (held.address() as AddressInfo).port;
+      const picked: number[] = [];
+      try {
+        await cluster.start({
+          port: "free",
+          pickPort: async () => {
+            const port = picked.length === 0 ? taken : await freeLoopbackPort();
+            picked.push(port);
+            return port;
+          },
+        });
+        assert.equal(picked.length, 2, `ports tried: ${picked.join(", ")}`);
+        assert.equal(cluster.port, picked[1]);
+        const client = new pg.Client({ host: "127.0.0.1", port: cluster.port, user: "postgres", database: "postgres" });
+        await client.connect();
+        assert.equal((await client.query<{ one: number }>("SELECT 1 AS one")).rows[0]!.one, 1);
+        await client.end();
+        // A port given by number is not changed behind the caller's back.
+        await cluster.stop();
+        await assert.rejects(
+          cluster.start({ port: taken }),
+          (err: unknown) =>
+            isCode(err, "UNAVAILABLE") && /Address already in use/.test(String((err as { hint?: string }).hint)),
+        );
+      } finally {
+        await cluster.stop().catch(() => undefined);
+        await new Promise((resolve) => held.close(resolve));
+      }
     });
 
     it("a restore into a non-empty directory or with an unknown option is refused", async () => {

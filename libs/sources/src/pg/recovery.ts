@@ -134,7 +134,8 @@ export interface RecoveryOutcome {
 }
 
 export interface RunRecoveryOptions {
-  port: number;
+  /** A TCP port, or "free" (see StartOptions.port). */
+  port: number | "free";
   settings?: Readonly<Record<string, string>> | undefined;
   /** Describes the target in messages. */
   target: string;
