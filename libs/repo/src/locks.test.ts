@@ -4,11 +4,13 @@ import { hostname } from "node:os";
 import { setTimeout as sleep } from "node:timers/promises";
 import { test } from "node:test";
 import { isCode } from "@iotvault/errors";
-import { MemoryStore } from "@iotvault/storage";
+import { MemoryStore, type ObjectStore, type PutOptions } from "@iotvault/storage";
 import { writeLock, type LockRecord } from "./locks.js";
 import { Repository } from "./repository.js";
+import type { SnapshotManifest } from "./snapshot.js";
 import { CrashingStore, deadPid, keysUnder } from "./test-support.js";
-import { FAST, META, PASSWORD, coreOf, fileNode, newRepo, pieces, random } from "./test-util.js";
+import type { TreeNode } from "./tree.js";
+import { FAST, META, PASSWORD, collect, coreOf, fileNode, newRepo, pieces, random, readAll } from "./test-util.js";
 
 const isLocked = (pattern: RegExp) => (err: unknown) => {
   assert.ok(isCode(err, "FAILED_PRECONDITION"), `expected FAILED_PRECONDITION, got ${String(err)}`);
@@ -236,3 +238,107 @@ void test("close releases the locks a repository still holds", async () => {
   await repo.close();
   assert.deepEqual(await keysUnder(store, "locks/"), []);
 });
+
+/** The store, with the first lock write held back until `release` is called. */
+function holdFirstLockWrite(store: MemoryStore): {
+  store: ObjectStore;
+  indexListed: Promise<void>;
+  release: () => void;
+} {
+  let release!: () => void;
+  const gate = new Promise<void>((r) => (release = r));
+  let listed!: () => void;
+  const indexListed = new Promise<void>((r) => (listed = r));
+  let held = false;
+  const wrapped = new Proxy(store, {
+    get(target, prop) {
+      if (prop === "put") {
+        return async (key: string, data: Uint8Array, options?: PutOptions) => {
+          if (key.startsWith("locks/") && !held) {
+            held = true;
+            await gate;
+          }
+          return target.put(key, data, options);
+        };
+      }
+      if (prop === "list") {
+        return (prefix: string) => {
+          if (prefix === "index/") listed();
+          return target.list(prefix);
+        };
+      }
+      const value: unknown = Reflect.get(target, prop, target);
+      return typeof value === "function" ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+    },
+  });
+  return { store: wrapped, indexListed, release };
+}
+
+void test("lockIndexed loads an index-less repository's index while it locks, and refreshes it under the lock", async () => {
+  const { store, repo } = await newRepo();
+  const reader = await Repository.open(store, PASSWORD, { ...FAST, loadIndex: false });
+  try {
+    const gone = random(300_000);
+    const kept = random(300_000);
+    const backup = async (runId: string, data: Buffer) => {
+      const w = await repo.startBackup({ runId });
+      await w.addFile(fileNode("f"), pieces(data));
+      return (await w.commit(META)).snapshot;
+    };
+    const first = await backup("r1", gone);
+    const second = await backup("r2", kept);
+    const goneChunk = (await collectTree(repo, first))[0]!.chunks![0]!;
+    assert.ok(repo.hasChunk(goneChunk));
+
+    // Without its index it refuses reads; a lock it cannot get leaves no lock and no index.
+    await assert.rejects(reader.verify(), (e: unknown) => isCode(e, "FAILED_PRECONDITION"));
+    const x = await repo.lock("exclusive", { purpose: "prune" });
+    await assert.rejects(reader.lockIndexed("shared", { purpose: "restore t1" }), isLocked(/locked by prune/));
+    assert.deepEqual(await keysUnder(store, "locks/"), [`locks/${x.id}`]);
+    await x.release();
+
+    const lock = await reader.lockIndexed("shared", { purpose: "restore t2" });
+    assert.deepEqual(
+      (await reader.listLocks()).map((l) => l.purpose),
+      ["restore t2"],
+    );
+    assert.ok(reader.hasChunk(goneChunk));
+    assert.equal((await reader.verify()).ok, true);
+    await lock.release();
+
+    // A prune that runs after the index was loaded but before the lock is written: the refresh
+    // under the lock drops what it deleted (reading it would fail later).
+    const late = await Repository.open(store, PASSWORD, { ...FAST, loadIndex: false });
+    const held = holdFirstLockWrite(store);
+    const lateReader = await Repository.open(held.store, PASSWORD, { ...FAST, loadIndex: false });
+    try {
+      const locking = lateReader.lockIndexed("shared", { purpose: "restore t3" });
+      await held.indexListed;
+      await sleep(50); // the index files are read from memory meanwhile
+      await repo.forget({ policy: { keepLast: 1 } });
+      await repo.prune();
+      held.release();
+      const lateLock = await locking;
+      assert.equal(lateReader.hasChunk(goneChunk), false, "the pruned chunk is no longer in the index");
+      const [node] = await collectTree(lateReader, second);
+      assert.ok((await readAll(lateReader.readFile(node!))).equals(kept));
+      await lateLock.release();
+      // A backup into an index-less repository gets the index with its lock: known data is not stored again.
+      const writer = await late.startBackup({ runId: "r3" });
+      await writer.addFile(fileNode("f"), pieces(kept));
+      const { snapshot } = await writer.commit(META);
+      assert.equal(snapshot.stats.bytesNew, 0);
+      assert.equal(snapshot.stats.chunksNew, 0);
+    } finally {
+      await lateReader.close();
+      await late.close();
+    }
+  } finally {
+    await reader.close();
+    await repo.close();
+  }
+});
+
+async function collectTree(repo: Repository, snapshot: SnapshotManifest): Promise<TreeNode[]> {
+  return (await collect(repo.readTree(snapshot))).filter((n) => n.type === "file");
+}

@@ -44,7 +44,14 @@ import {
 } from "./key-admin.js";
 import { checkReason, deleteHold, readHolds, resolveHoldId, writeHold, type Hold } from "./holds.js";
 import { loadIndexes, refreshIndexState } from "./index-state.js";
-import { RepoLocks, resolveLockTiming, type LockInfo, type LockKind, type RepositoryLock } from "./locks.js";
+import {
+  RepoLocks,
+  resolveLockTiming,
+  type HeldLock,
+  type LockInfo,
+  type LockKind,
+  type RepositoryLock,
+} from "./locks.js";
 import { listIds, loadManifest } from "./manifests.js";
 import { pruneRepository, type PruneOptions, type PruneResult } from "./prune.js";
 import { forgetSnapshots, type ForgetOptions, type ForgetResult } from "./retention.js";
@@ -85,7 +92,8 @@ export interface RepositoryOptions {
   /**
    * open only: load the index files (default true). A process that only reads and writes sealed
    * objects (e.g. a PostgreSQL archive_command storing WAL) skips it and opens in milliseconds;
-   * such a Repository refuses backups, restores and prunes.
+   * such a Repository refuses restores and prunes until its index is loaded: `startBackup` and
+   * `lockIndexed` load it while they take their lock, `refreshIndex` loads it alone.
    */
   loadIndex?: boolean;
 }
@@ -224,8 +232,12 @@ export class Repository {
   ): Promise<Repository> {
     const resolved = resolveOptions(options);
     const locks = new RepoLocks(resolveLockTiming(options));
+    // The config, the slot list and the keyring are asked for at once (one round trip instead of
+    // three on a remote store); the config's error wins (no repository there).
+    const slotIds = settled(listIds(store, KEYS.keySlotPrefix));
+    const keyringBytes = settled(store.get(KEYS.keyring));
     const { config, mac } = decodeConfig(await getConfig(store));
-    const { keyring, masterKey, slotId } = await unlock(store, password, config);
+    const { keyring, masterKey, slotId } = await unlock(store, password, config, await slotIds, keyringBytes);
     verifyConfigMac(config, mac, configMacKey(keyring.macKey));
     const repo = Repository.fromKeys(store, config, keyring, masterKey, resolved, slotId, locks);
     if (options.loadIndex === false) {
@@ -369,8 +381,9 @@ export class Repository {
     return new ReadAhead(this.core, this.sealer, options);
   }
 
+  /** Opened with `loadIndex: false`, the index is loaded here, while the lock is taken. */
   async startBackup(options: BackupOptions): Promise<BackupWriter> {
-    this.checkIndexed();
+    this.checkOpen();
     this.sealer.warm();
     const id = this.snapshotIdFor(options.runId);
     if (await this.hasSnapshot(id)) {
@@ -378,14 +391,14 @@ export class Repository {
         hint: "the run was committed before; load that snapshot instead of backing up again",
       });
     }
-    const lock = await this.locks.acquire(this.core, "shared", {
+    // Under the lock the index is brought up to date: a prune that ran since it was loaded must
+    // not be deduplicated against.
+    const lock = await this.acquireIndexed("shared", {
       purpose: `backup ${options.runId}`,
       waitMs: options.lockWaitMs,
       signal: options.signal,
     });
     try {
-      // Under the lock: a prune that ran since the index was loaded must not be deduplicated against.
-      await this.refreshIndex(options.signal);
       // Packs a killed backup stored without indexing them are indexed now and reused.
       await indexOrphanPacks(this.core, options.signal);
       return new BackupSession(this.core, this.sealer, id, options, lock);
@@ -406,7 +419,43 @@ export class Repository {
     const { core, indexIds, changed } = await refreshIndexState(this.core, this.indexIds, signal);
     this.core = core;
     this.indexIds = indexIds;
+    this.indexless = false; // opened with loadIndex: false, it has its index now
     return changed;
+  }
+
+  /**
+   * Takes a lock (as `lock`) and returns with the index current under it: the index is loaded
+   * (or refreshed) while the lock is being taken, then refreshed once more under the lock, which
+   * costs one listing when nothing changed meanwhile. A repository opened with
+   * `loadIndex: false` gets its index here, so an operation that locks pays for one load, at the
+   * same time as the lock's round trips.
+   */
+  async lockIndexed(
+    kind: LockKind,
+    options: { waitMs?: number | undefined; purpose?: string | undefined; signal?: AbortSignal | undefined } = {},
+  ): Promise<RepositoryLock> {
+    return this.acquireIndexed(kind, options);
+  }
+
+  private async acquireIndexed(
+    kind: LockKind,
+    options: { waitMs?: number | undefined; purpose?: string | undefined; signal?: AbortSignal | undefined },
+  ): Promise<HeldLock> {
+    this.checkOpen();
+    const [loaded, locked] = await Promise.allSettled([
+      this.refreshIndex(options.signal),
+      this.locks.acquire(this.core, kind, options),
+    ]);
+    if (locked.status === "rejected") throw locked.reason;
+    const lock = locked.value;
+    try {
+      if (loaded.status === "rejected") throw loaded.reason;
+      await this.refreshIndex(options.signal);
+      return lock;
+    } catch (err) {
+      await lock.release().catch(() => undefined);
+      throw err;
+    }
   }
 
   /**
@@ -574,6 +623,16 @@ export class Repository {
   }
 }
 
+type Settled<T> = { ok: true; value: T } | { ok: false; error: unknown };
+
+/** A request started ahead of its use: its outcome is kept, never an unhandled rejection. */
+function settled<T>(p: Promise<T>): Promise<Settled<T>> {
+  return p.then(
+    (value) => ({ ok: true as const, value }),
+    (error: unknown) => ({ ok: false as const, error }),
+  );
+}
+
 async function getConfig(store: ObjectStore): Promise<Buffer> {
   try {
     return await store.get(KEYS.config);
@@ -592,20 +651,26 @@ async function unlock(
   store: ObjectStore,
   password: RepositorySecret,
   config: RepositoryConfig,
+  listed: Settled<string[]>,
+  keyringRead: Promise<Settled<Buffer>>,
 ): Promise<{ keyring: Keyring; masterKey: Buffer; slotId: string }> {
-  const slotIds = await listIds(store, KEYS.keySlotPrefix);
+  if (!listed.ok) throw listed.error;
+  const slotIds = listed.value;
   if (slotIds.length === 0) {
     throw new IotvaultError("FAILED_PRECONDITION", `the repository at ${store.location} has no key slots`, {
       hint: "restore the keys/ objects from a copy of the repository",
     });
   }
-  let keyringBytes: Buffer | undefined;
+  // Every slot is fetched at once (a repository has a handful); they are tried in order.
+  const slots = slotIds.map((id) => settled(store.get(keySlotKey(id))));
   let tried = 0;
   let firstError: unknown;
-  for (const slotId of slotIds) {
+  for (const [i, slotId] of slotIds.entries()) {
     let slot: ReturnType<typeof decodeSlot>;
     try {
-      slot = decodeSlot(await store.get(keySlotKey(slotId)), slotId);
+      const read = await slots[i]!;
+      if (!read.ok) throw read.error;
+      slot = decodeSlot(read.value, slotId);
     } catch (err) {
       firstError ??= err;
       continue;
@@ -614,10 +679,9 @@ async function unlock(
     tried++;
     const masterKey = await unlockSlot(slot, password);
     if (!masterKey) continue;
-    keyringBytes ??= await store.get(KEYS.keyring).catch((err: unknown) => {
-      throw storeError(err, "reading the keyring");
-    });
-    const keyring = openKeyring(masterKey, keyringBytes);
+    const keyringBytes = await keyringRead;
+    if (!keyringBytes.ok) throw storeError(keyringBytes.error, "reading the keyring");
+    const keyring = openKeyring(masterKey, keyringBytes.value);
     if (!keyring) continue; // a slot left over from another keyring (e.g. an interrupted init)
     if (keyring.repositoryId !== config.id) throw corrupt("the keyring belongs to another repository");
     return { keyring, masterKey, slotId };

@@ -66,14 +66,21 @@ export async function runBackup(deps: BackupRunDeps, msg: BusMessage<BackupReque
     const store = deps.storeFor(job.repository);
     const repo = await tracer().startActiveSpan("executor.open-repository", async (span) => {
       try {
-        return await Repository.open(store, deps.password(), deps.repositoryOptions);
+        // The index is loaded by startBackup, at the same time as it takes the lock.
+        return await Repository.open(store, deps.password(), { ...deps.repositoryOptions, loadIndex: false });
       } finally {
         span.end();
       }
     });
     try {
       const snapshotId = repo.snapshotIdFor(req.runId);
-      if (await repo.hasSnapshot(snapshotId)) {
+      // Whether an earlier attempt committed this run, and the snapshots a parent is chosen
+      // from, are asked for at once.
+      const [committed, snapshots] = await Promise.all([
+        repo.hasSnapshot(snapshotId),
+        req.backupType === BackupType.BACKUP_TYPE_FULL ? [] : repo.listSnapshots(),
+      ]);
+      if (committed) {
         log.info("snapshot of this run already committed by an earlier attempt; announcing it again", {
           snapshot_id: snapshotId,
         });
@@ -92,7 +99,7 @@ export async function runBackup(deps: BackupRunDeps, msg: BusMessage<BackupReque
       }));
       const order = [...members].sort((a, b) => Number(!a.adapter.recoveryPoint) - Number(!b.adapter.recoveryPoint));
       const parents = new Map<number, SnapshotManifest | undefined>();
-      for (const m of members) parents.set(m.index, await findParent(repo, job.id, req.backupType, m.source));
+      for (const m of members) parents.set(m.index, findParent(snapshots, job.id, req.backupType, m.source));
       const parent = parents.get(0);
       await deps.bus.publish(
         SUBJECTS.backupStarted,
@@ -350,16 +357,19 @@ async function applyRetention(deps: BackupRunDeps, repo: Repository, req: Backup
   }
 }
 
-/** The parent snapshot: the job's newest (incremental) or newest full (differential); none for full. */
-async function findParent(
-  repo: Repository,
+/**
+ * The parent snapshot: the job's newest (incremental) or newest full (differential); none for
+ * full. `snapshots`: the repository's, newest first.
+ */
+function findParent(
+  snapshots: readonly SnapshotManifest[],
   jobId: string,
   type: BackupType,
   source: string,
-): Promise<SnapshotManifest | undefined> {
+): SnapshotManifest | undefined {
   if (type === BackupType.BACKUP_TYPE_FULL) return undefined;
   // The job's snapshots of this source (a consistency group has one snapshot per member).
-  const all = (await repo.listSnapshots()).filter((s) => s.jobId === jobId && s.source === source);
+  const all = snapshots.filter((s) => s.jobId === jobId && s.source === source);
   if (type === BackupType.BACKUP_TYPE_DIFFERENTIAL) return all.find((s) => s.backupType === "full");
   return all[0];
 }

@@ -11,9 +11,9 @@
 import { trace } from "@opentelemetry/api";
 import { IotvaultError, toIotvaultError } from "@iotvault/errors";
 import type { DiffRequest, DiffResponse } from "@iotvault/proto";
-import { Repository } from "@iotvault/repo";
+import type { SnapshotManifest } from "@iotvault/repo";
 import { diffSnapshots, type SnapshotDiff } from "@iotvault/sources";
-import type { OperationDeps } from "./operations.js";
+import { openLocked, type OperationDeps } from "./operations.js";
 
 const tracer = () => trace.getTracer("iotvault.restore");
 
@@ -25,24 +25,23 @@ export async function diffOperation(deps: OperationDeps, req: DiffRequest, signa
   }
   return tracer().startActiveSpan("restore.diff", async (span) => {
     try {
-      const repo = await Repository.open(deps.storeFor(req.repository), deps.password(), deps.repositoryOptions);
+      const { repo, lock, snapshots } = await openLocked(
+        deps,
+        req.repository,
+        { purpose: "diff", waitMs: 60_000, signal },
+        [req.snapshotA, req.snapshotB],
+      );
       try {
-        const lock = await repo.lock("shared", { purpose: "diff", waitMs: 60_000, signal });
-        try {
-          await repo.refreshIndex(signal);
-          const a = await repo.loadSnapshot(req.snapshotA, signal);
-          const b = await repo.loadSnapshot(req.snapshotB, signal);
-          const d = await diffSnapshots(repo, a, b, {
-            sampleSize: req.sampleSize || undefined,
-            maxItems: req.maxItems || undefined,
-            signal,
-          });
-          span.setAttributes({ "iotvault.graphs_changed": d.graphs.length, "iotvault.files_changed": d.filesChanged });
-          return toResponse(d, span.spanContext().traceId);
-        } finally {
-          await lock.release().catch(() => undefined);
-        }
+        const [a, b] = snapshots as [SnapshotManifest, SnapshotManifest];
+        const d = await diffSnapshots(repo, a, b, {
+          sampleSize: req.sampleSize || undefined,
+          maxItems: req.maxItems || undefined,
+          signal,
+        });
+        span.setAttributes({ "iotvault.graphs_changed": d.graphs.length, "iotvault.files_changed": d.filesChanged });
+        return toResponse(d, span.spanContext().traceId);
       } finally {
+        await lock.release().catch(() => undefined);
         await repo.close();
       }
     } catch (err) {

@@ -114,11 +114,13 @@ async function runDrill(
   emit: (p: OperationProgress) => void,
   outcome: Outcome,
 ): Promise<Outcome> {
-  const repo = await Repository.open(deps.storeFor(req.repository), deps.password(), deps.repositoryOptions);
+  const repo = await Repository.open(deps.storeFor(req.repository), deps.password(), {
+    ...deps.repositoryOptions,
+    loadIndex: false,
+  });
   try {
-    const lock = await repo.lock("shared", { purpose: "restore drill", waitMs: 10 * 60_000, signal });
+    const lock = await repo.lockIndexed("shared", { purpose: "restore drill", waitMs: 10 * 60_000, signal });
     try {
-      await repo.refreshIndex(signal);
       const snapshot = await chooseSnapshot(repo, req, signal);
       outcome.snapshotId = snapshot.id;
       const onProgress = (p: { filesDone: number; bytesDone: number; currentPath: string }) =>
