@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { test } from "node:test";
 import { isCode } from "@iotvault/errors";
+import { MemoryStore } from "@iotvault/storage";
 import * as keys from "./keys.js";
 import { Repository } from "./repository.js";
 import { FAST, META, PASSWORD, collect, fileNode, newRepo, pieces, random, readAll } from "./test-util.js";
@@ -72,6 +73,26 @@ test("a second open with the same passphrase derives no slot key again; a wrong 
   assert.equal(keys.scryptDerivations, before, "the slot key came from the cache");
   await assert.rejects(Repository.open(store, OTHER, FAST), (e: unknown) => isCode(e, "WRONG_KEY"));
   await assert.rejects(Repository.open(store, OTHER, FAST), (e: unknown) => isCode(e, "WRONG_KEY"));
+});
+
+test("opens at the same time share one derivation; prepareKeys derives ahead and skips what does not open", async () => {
+  const a = await newRepo();
+  const b = await newRepo();
+  await a.repo.close();
+  await b.repo.close();
+  keys.forgetDerivedKeys(); // init left both slot keys in the cache
+  let before = keys.scryptDerivations;
+  const both = await Promise.all([Repository.open(a.store, PASSWORD, FAST), Repository.open(a.store, PASSWORD, FAST)]);
+  await Promise.all(both.map((r) => r.close()));
+  assert.equal(keys.scryptDerivations, before + 1, "one derivation for two concurrent opens");
+
+  before = keys.scryptDerivations;
+  const empty = new MemoryStore(); // no repository here: skipped
+  assert.equal(await Repository.prepareKeys([empty, b.store], PASSWORD), 1);
+  assert.equal(keys.scryptDerivations, before + 1, "b's slot key was derived");
+  await (await Repository.open(b.store, PASSWORD, FAST)).close();
+  assert.equal(keys.scryptDerivations, before + 1, "and the open after it used it");
+  assert.equal(await Repository.prepareKeys([b.store], OTHER), 0, "a secret that opens nothing prepares nothing");
 });
 
 test("key remove: refuses the last slot and the slot in use; removes another", async () => {

@@ -207,8 +207,15 @@ export async function createSlot(secret: RepositorySecret, masterKey: Uint8Array
  * passphrase itself anyway; the cache holds at most DERIVED_MAX keys and never the passphrase.
  */
 const derivedKeys = new Map<string, Buffer>();
+const deriving = new Map<string, Promise<Buffer>>();
 const DERIVED_MAX = 64;
 const derivedKeyId = randomBytes(32);
+
+/** Wipes and drops every cached slot key: the next open of each repository derives it again. */
+export function forgetDerivedKeys(): void {
+  for (const key of derivedKeys.values()) key.fill(0);
+  derivedKeys.clear();
+}
 
 /** How many scrypt derivations this process ran (for tests of the cache). */
 export let scryptDerivations = 0;
@@ -221,18 +228,28 @@ async function scrypt(password: Uint8Array, params: ScryptParams): Promise<Buffe
     .digest("hex");
   const cached = derivedKeys.get(id);
   if (cached) return Buffer.from(cached); // callers wipe their copy
-  const options: ScryptOptions = { N: params.N, r: params.r, p: params.p, maxmem: 256 * params.N * params.r + 1024 };
-  const key = await new Promise<Buffer>((resolve, reject) => {
-    scryptCallback(password, params.salt, KEY_BYTES, options, (err, k) => (err ? reject(err) : resolve(k)));
-  });
-  scryptDerivations++;
-  if (derivedKeys.size >= DERIVED_MAX) {
-    const oldest = derivedKeys.keys().next().value as string;
-    derivedKeys.get(oldest)?.fill(0);
-    derivedKeys.delete(oldest);
+  // Two opens of one repository at once (a service preparing keys while a request comes in)
+  // share one derivation.
+  let running = deriving.get(id);
+  if (!running) {
+    const options: ScryptOptions = { N: params.N, r: params.r, p: params.p, maxmem: 256 * params.N * params.r + 1024 };
+    running = new Promise<Buffer>((resolve, reject) => {
+      scryptCallback(password, params.salt, KEY_BYTES, options, (err, k) => (err ? reject(err) : resolve(k)));
+    })
+      .then((key) => {
+        scryptDerivations++;
+        if (derivedKeys.size >= DERIVED_MAX) {
+          const oldest = derivedKeys.keys().next().value as string;
+          derivedKeys.get(oldest)?.fill(0);
+          derivedKeys.delete(oldest);
+        }
+        derivedKeys.set(id, key);
+        return key;
+      })
+      .finally(() => deriving.delete(id));
+    deriving.set(id, running);
   }
-  derivedKeys.set(id, Buffer.from(key));
-  return key;
+  return Buffer.from(await running); // callers wipe their copy, never the cached key
 }
 
 export function checkScryptLogN(logN: number): void {

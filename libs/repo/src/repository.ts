@@ -98,6 +98,9 @@ export interface RepositoryOptions {
   loadIndex?: boolean;
 }
 
+/** Repositories whose keys a service derives ahead (Repository.prepareKeys; the cache holds 64). */
+const PREPARED_KEYS_MAX = 16;
+
 const PACK_SIZE_LIMITS = { min: 64 * 1024, max: 1024 * 1024 * 1024 } as const;
 
 function resolveOptions(o: RepositoryOptions): ResolvedOptions {
@@ -251,6 +254,31 @@ export class Repository {
       throw err;
     }
     return repo;
+  }
+
+  /**
+   * Opens each repository once and closes it again, so that its key is derived before the first
+   * operation needs it: a passphrase slot costs one scrypt derivation (N = 2^17: ~0.4 s of CPU)
+   * per process, which a service's first restore or backup would otherwise wait for. One
+   * repository at a time, at most `max`; a repository that does not open is skipped (the
+   * operation that needs it reports why). Returns the stores that opened.
+   */
+  static async prepareKeys(
+    stores: readonly ObjectStore[],
+    secret: RepositorySecret,
+    options: { max?: number; signal?: AbortSignal } = {},
+  ): Promise<number> {
+    let opened = 0;
+    for (const store of stores.slice(0, options.max ?? PREPARED_KEYS_MAX)) {
+      if (options.signal?.aborted) break;
+      try {
+        await (await Repository.open(store, secret, { loadIndex: false, workers: 1 })).close();
+        opened++;
+      } catch {
+        // reported by the operation that needs this repository
+      }
+    }
+    return opened;
   }
 
   static async exists(store: ObjectStore): Promise<boolean> {

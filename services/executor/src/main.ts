@@ -7,7 +7,8 @@
 import { Bus } from "@iotvault/bus";
 import { loadConfig, readRepositorySecret } from "@iotvault/config";
 import { BackupRequested, STREAMS, SUBJECTS, StorageGatewayServiceClient } from "@iotvault/proto";
-import { GatewayObjectStore, createClient, startGrpcServer } from "@iotvault/rpc";
+import { Repository } from "@iotvault/repo";
+import { GatewayObjectStore, callUnary, createClient, startGrpcServer } from "@iotvault/rpc";
 import { createLogger, startTelemetry, exitOnStartupError } from "@iotvault/telemetry";
 import { announceDeadLetteredRun, runBackup } from "./backup-run.js";
 
@@ -32,6 +33,7 @@ async function main(): Promise<void> {
   });
   const gatewayAddress = config.addressOf("storage-gateway");
   const gateway = createClient(StorageGatewayServiceClient, gatewayAddress);
+  const storeFor = (repository: string) => new GatewayObjectStore(gateway, repository, { address: gatewayAddress });
 
   const consumer = await bus.consume({
     stream: STREAMS.work.name,
@@ -47,7 +49,7 @@ async function main(): Promise<void> {
       runBackup(
         {
           bus,
-          storeFor: (repository) => new GatewayObjectStore(gateway, repository, { address: gatewayAddress }),
+          storeFor,
           password: () => readRepositorySecret(process.env, config.repository),
           repositoryOptions: {
             scryptLogN: config.repository.scryptLogN,
@@ -71,6 +73,26 @@ async function main(): Promise<void> {
     logger,
   });
   logger.info("executor ready", { site: config.site, grpc: server.address, nats: config.nats.url });
+  // The repositories' keys are derived now rather than by the first run after a start (~0.4 s
+  // of scrypt each, Repository.prepareKeys); best effort.
+  const prepareStarted = Date.now();
+  void callUnary(gateway, "listRepositories", {}, { deadlineMs: 10_000 })
+    .then(async ({ repositories }) => {
+      const prepared = await Repository.prepareKeys(
+        repositories.map((r) => storeFor(r.name)),
+        readRepositorySecret(process.env, config.repository),
+      );
+      logger.info("repository keys prepared", {
+        repositories: prepared,
+        listed: repositories.length,
+        ms: Date.now() - prepareStarted,
+      });
+    })
+    .catch((err: unknown) =>
+      logger.info("repository keys not prepared ahead; the first run on each derives its own", {
+        reason: err instanceof Error ? err.message : String(err),
+      }),
+    );
 
   let stopping = false;
   async function shutdown(signal: string): Promise<void> {
