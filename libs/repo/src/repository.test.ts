@@ -3,6 +3,7 @@ import { mkdir } from "node:fs/promises";
 import { test } from "node:test";
 import { IotvaultError, isCode } from "@iotvault/errors";
 import { LocalDirectoryStore, MemoryStore } from "@iotvault/storage";
+import * as manifests from "./manifests.js";
 import { Repository } from "./repository.js";
 import { withTempDir } from "./test-support.js";
 import { FAST, META, PASSWORD, collect, dirNode, fileNode, newRepo, pieces, random, readAll } from "./test-util.js";
@@ -132,6 +133,48 @@ void test("a committed run is visible by id; committing the same run again is re
     assert.deepEqual(loaded, snapshot);
     assert.deepEqual(loaded.tags, ["nightly"]);
   } finally {
+    await repo.close();
+  }
+});
+
+void test("listSnapshots reads each manifest once per process; a forgotten one goes, a changed object is read again", async () => {
+  const { store, repo } = await newRepo();
+  const other = await Repository.open(store, PASSWORD, FAST); // another open in the same process
+  try {
+    const commit = async (runId: string) => {
+      const w = await repo.startBackup({ runId });
+      await w.addNode(dirNode("etc"));
+      return (await w.commit(META)).snapshot;
+    };
+    for (const run of ["r1", "r2", "r3"]) await commit(run);
+    let reads = manifests.manifestReads;
+    const first = await repo.listSnapshots();
+    assert.equal(first.length, 3);
+    assert.equal(manifests.manifestReads - reads, 3);
+    reads = manifests.manifestReads;
+    const again = await other.listSnapshots();
+    assert.deepEqual(again, first, "the same manifests, from memory");
+    assert.equal(manifests.manifestReads - reads, 0);
+    again[0]!.tags.push("changed by a caller");
+    assert.deepEqual((await repo.listSnapshots())[0]!.tags, [], "callers get their own copies");
+
+    const fourth = await commit("r4");
+    reads = manifests.manifestReads;
+    const { removed } = await repo.forget({ policy: { keepLast: 3 } }); // lists them too
+    assert.equal(removed.length, 1);
+    const now = await other.listSnapshots();
+    assert.deepEqual(
+      now.map((m) => m.id).sort(),
+      [fourth.id, ...first.map((m) => m.id)].filter((id) => id !== removed[0]).sort(),
+    );
+    assert.equal(manifests.manifestReads - reads, 1, "only the new manifest was read, once");
+
+    // An object whose size changed under the same name is read again (here: found damaged).
+    const key = `snapshots/${fourth.id}`;
+    store.overwrite(key, Buffer.concat([store.raw(key)!, Buffer.from([0])]));
+    await assert.rejects(other.listSnapshots(), (err: unknown) => isCode(err, "DATA_CORRUPT"));
+  } finally {
+    await other.close();
     await repo.close();
   }
 });

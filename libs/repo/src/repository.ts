@@ -52,7 +52,7 @@ import {
   type LockKind,
   type RepositoryLock,
 } from "./locks.js";
-import { listIds, loadManifest } from "./manifests.js";
+import { listIdSizes, listIds, loadListedManifest, loadManifest } from "./manifests.js";
 import { pruneRepository, type PruneOptions, type PruneResult } from "./prune.js";
 import { forgetSnapshots, type ForgetOptions, type ForgetResult } from "./retention.js";
 import { ReadAhead, type FileReader, type ReadAheadOptions } from "./read-ahead.js";
@@ -342,15 +342,15 @@ export class Repository {
     }
   }
 
-  /** Every snapshot, newest first. */
+  /** Every snapshot, newest first (manifests this process read before come from memory). */
   async listSnapshots(signal?: AbortSignal): Promise<SnapshotManifest[]> {
     this.checkOpen();
-    const ids = await listIds(this.core.store, KEYS.snapshotPrefix, signal);
+    const ids = await listIdSizes(this.core.store, KEYS.snapshotPrefix, signal);
     const manifests: SnapshotManifest[] = [];
     const queue = [...ids];
     const worker = async (): Promise<void> => {
-      for (let id = queue.pop(); id !== undefined; id = queue.pop()) {
-        manifests.push(await loadManifest(this.core, id, signal));
+      for (let listed = queue.pop(); listed !== undefined; listed = queue.pop()) {
+        manifests.push(await loadListedManifest(this.core, listed, signal));
       }
     };
     await Promise.all(Array.from({ length: Math.min(8, ids.length) }, worker));
