@@ -21,6 +21,7 @@ import { envelopeKeyId } from "./envelope.js";
 import { corrupt, packKey } from "./format.js";
 import type { BlobLocation } from "./pack.js";
 import type { BlobRef } from "./pipeline-core.js";
+import type { ReadBack } from "./read-back.js";
 import type { ChunkSealer } from "./sealer.js";
 import type { TreeNode } from "./tree.js";
 import { YoungGc } from "./young-gc.js";
@@ -45,6 +46,11 @@ export interface FileReader {
    * Files queued with `write` need not be waited for in order.
    */
   write(node: TreeNode, fd: number): Promise<number>;
+  /**
+   * Reads a written file back from `fd` and returns its SHA-256 and length, hashed in a worker
+   * thread when the repository has any (a restore's check that the target kept what it wrote).
+   */
+  readBack(fd: number, expectedBytes: number): Promise<ReadBack>;
   /** Stops fetching; contents still being read or written fail with CANCELLED. */
   close(): void;
 }
@@ -105,6 +111,11 @@ export class ReadAhead implements FileReader {
   read(node: TreeNode): AsyncIterable<Buffer> {
     const { owner, slots } = this.enqueue(node, undefined);
     return this.content(node, owner, slots);
+  }
+
+  readBack(fd: number, expectedBytes: number): Promise<ReadBack> {
+    if (this.closed) return Promise.reject(cancelled("reading back a restored file"));
+    return this.sealer.readBack(fd, expectedBytes);
   }
 
   async write(node: TreeNode, fd: number): Promise<number> {

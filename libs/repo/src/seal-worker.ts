@@ -8,6 +8,7 @@ import { createHash, type Hash } from "node:crypto";
 import { parentPort } from "node:worker_threads";
 import { Arena } from "./blob.js";
 import { LocalFileStream, PipelineCore, STREAM_SEGMENT_BYTES } from "./pipeline-core.js";
+import { readBackSync } from "./read-back.js";
 import { YoungGc } from "./young-gc.js";
 import type { BatchReply, JobBatch, JobResult, OpenedResult, StreamChunkRef, WorkerInit } from "./workers.js";
 
@@ -19,6 +20,8 @@ let core: PipelineCore | undefined;
 const streams = new Map<number, LocalFileStream>();
 /** SHA-256 of split streams' files, by the caller's token (a split stream's worker leaves it to another). */
 const fileHashes = new Map<number, Hash>();
+/** The buffer restored files are read back into ("readback" jobs). */
+let readBuffer: Buffer | undefined;
 
 /** A buffer that owns its whole ArrayBuffer (to be transferred), copying when it does not. */
 function standalone(buf: Uint8Array): Uint8Array {
@@ -96,6 +99,10 @@ function run(batch: JobBatch, pipeline: PipelineCore, arena: Arena, transfer: Ar
           if (!job.final) return { ok: true, kind: "hash" };
           fileHashes.delete(job.token);
           return { ok: true, kind: "hash", sha256: hash.digest("hex") };
+        }
+        case "readback": {
+          const { sha256, size } = readBackSync(job.fd, (readBuffer ??= Buffer.allocUnsafeSlow(1024 * 1024)));
+          return { ok: true, kind: "readback", sha256, size };
         }
         case "open": {
           const blobs = job.blobs.map((ref): OpenedResult => {

@@ -5,6 +5,7 @@
  * the caller hands them over (`owned`).
  */
 import type { SealKey, Sealed } from "./blob.js";
+import { readBack, type ReadBack } from "./read-back.js";
 import {
   LocalFileStream,
   PipelineCore,
@@ -77,6 +78,11 @@ export interface ChunkSealer {
     blobs: BlobRef[],
     keys: ReadonlyMap<number, Uint8Array>,
   ): Promise<OpenedBlob[]>;
+  /**
+   * The SHA-256 and length of what the open descriptor `fd` reads back (a restored file),
+   * computed in a worker thread when there are any; `expectedBytes` for balancing.
+   */
+  readBack(fd: number, expectedBytes: number): Promise<ReadBack>;
   close(): Promise<void>;
 }
 
@@ -160,6 +166,10 @@ export class InlineSealer implements ChunkSealer {
       if (!r.ok) return r;
       return { ok: true, plain: ref.sink ? Buffer.alloc(0) : r.plain, digest: r.digest.toString("hex") };
     });
+  }
+
+  readBack(fd: number, expectedBytes: number): Promise<ReadBack> {
+    return readBack(fd, expectedBytes);
   }
 
   async close(): Promise<void> {}

@@ -12,6 +12,7 @@
 import { Worker } from "node:worker_threads";
 import { IotvaultError } from "@iotvault/errors";
 import type { SealKey, Sealed } from "./blob.js";
+import type { ReadBack } from "./read-back.js";
 import { collectAll } from "./young-gc.js";
 import {
   STREAM_SEGMENT_BYTES,
@@ -71,6 +72,8 @@ export type Job =
       final?: boolean;
       drop?: boolean;
     }
+  /** A written file read back from its descriptor (shared by the threads) and hashed. */
+  | { kind: "readback"; data: Uint8Array; fd: number }
   /** One chunk of a split stream, in the shared ring: its id, then sealed unless `known` holds it. */
   | {
       kind: "plain";
@@ -106,6 +109,7 @@ export type JobResult =
   | { ok: true; kind: "open"; blobs: OpenedResult[] }
   | { ok: true; kind: "plain"; chunk: SealedChunkRef }
   | { ok: true; kind: "hash"; sha256?: string }
+  | { ok: true; kind: "readback"; sha256: string; size: number }
   | { ok: true; kind: "stream"; chunks: StreamChunkRef[]; read: ReadSpan }
   | {
       ok: true;
@@ -211,8 +215,9 @@ class Batch {
     this.jobs.push(job);
     this.waiting.push(waiting);
     this.bytes += weight;
-    // Jobs that seal nothing (a file hash, a split stream's cutting, opening) need no arena room.
-    if (!(job.kind === "hash" || job.kind === "open" || (job.kind === "stream" && job.slot))) this.arenaBytes += weight;
+    // Jobs that seal nothing (a file hash, a read-back, a split stream's cutting, opening) need no arena room.
+    if (!(job.kind === "hash" || job.kind === "readback" || job.kind === "open" || (job.kind === "stream" && job.slot)))
+      this.arenaBytes += weight;
   }
 
   addKey(id: number, key: Uint8Array): void {
@@ -595,6 +600,13 @@ export class WorkerSealer implements ChunkSealer {
       const plain = b.plain ? Buffer.from(b.plain.buffer, b.plain.byteOffset, b.plain.byteLength) : NO_BYTES;
       return { ok: true, plain, digest: b.digest };
     });
+  }
+
+  async readBack(fd: number, expectedBytes: number): Promise<ReadBack> {
+    const { result, release } = await this.send({ kind: "readback", data: EMPTY, fd }, false, [], 0, expectedBytes);
+    release();
+    if (result.kind !== "readback") throw unexpected();
+    return { sha256: result.sha256, size: result.size };
   }
 
   async close(): Promise<void> {

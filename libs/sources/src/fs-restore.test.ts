@@ -239,6 +239,46 @@ for (const workers of [1, 2]) {
   });
 }
 
+for (const workers of [1, 2]) {
+  void test(`a file that does not read back as its snapshot records fails the verified restore (workers: ${workers})`, async () => {
+    await withSandbox(
+      async ({ dir, repo }) => {
+        const src = dir("src");
+        await mkdir(src);
+        const content = pattern(3 << 20, 7);
+        await writeFile(join(src, "data.bin"), content);
+        const { snapshot } = await backup(repo, "good", { root: src });
+        // The same chunks under a node whose recorded SHA-256 is not theirs: what a target that
+        // returns other bytes than were written looks like to the read-back.
+        const [node] = await collectFiles(repo, snapshot);
+        const w = await repo.startBackup({ runId: "liar" });
+        await w.addUnchangedFile({ ...node!, sha256: "0".repeat(64) });
+        const lying = (await w.commit(meta)).snapshot;
+
+        const target = dir("target");
+        await assert.rejects(
+          restoreToDirectory(repo, lying, { target, verify: true }),
+          (err: unknown) => isCode(err, "DATA_CORRUPT") && /data\.bin does not read back as written/.test(err.message),
+        );
+        assert.deepEqual(await entries(target), [], "no file under its final name, no temporary file");
+        const unchecked = dir("unchecked");
+        await restoreToDirectory(repo, lying, { target: unchecked, verify: false });
+        assert.ok((await readFile(join(unchecked, "data.bin"))).equals(content));
+        const checked = dir("checked");
+        await restoreToDirectory(repo, snapshot, { target: checked, verify: true });
+        assert.ok((await readFile(join(checked, "data.bin"))).equals(content));
+      },
+      { workers },
+    );
+  });
+}
+
+async function collectFiles(repo: Repository, snapshot: SnapshotManifest): Promise<TreeNode[]> {
+  const files: TreeNode[] = [];
+  for await (const n of repo.readTree(snapshot)) if (n.type === "file") files.push(n);
+  return files;
+}
+
 void test("a damaged large file fails the restore cleanly: no half file, no temporary file, no hang", async () => {
   await withSandbox(
     async ({ dir, repo, store }) => {

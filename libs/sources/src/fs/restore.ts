@@ -17,7 +17,7 @@
  * those stay fast; after a few slow ones (NFS, a congested disk) through the thread pool, so that
  * a slow file system never holds the event loop (the transfers from the repository).
  */
-import { randomBytes, createHash } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import {
   closeSync,
   constants,
@@ -29,7 +29,6 @@ import {
   lutimesSync,
   mkdirSync,
   openSync,
-  read,
   readFileSync,
   renameSync,
   open,
@@ -449,6 +448,16 @@ class FsRestore {
     if (this.failure) throw this.failure.error;
   }
 
+  /** Reads a written file back (in the repository's worker threads) and compares it with the snapshot. */
+  private async verifyWritten(fd: number, node: TreeNode, size: number): Promise<void> {
+    const back = await this.reader.readBack(fd, size);
+    if (back.size !== size || (node.sha256 !== undefined && back.sha256 !== node.sha256)) {
+      throw new IotvaultError("DATA_CORRUPT", `restored file ${node.path} does not read back as written`, {
+        hint: "check the target file system for errors (disk, NFS)",
+      });
+    }
+  }
+
   private async writeFile(node: TreeNode, tmp: string, abs: string, inCreatedDir: boolean): Promise<void> {
     // The final mode at creation when the umask keeps it whole (no fchmod then); else 0600 and fchmod.
     const modeAtCreation = (node.mode & 0o7000) === 0 && (node.mode & UMASK) === 0;
@@ -463,7 +472,7 @@ class FsRestore {
     let closed = false;
     try {
       const size = await this.reader.write(node, fd);
-      if (this.options.verify) await verifyWritten(fd, node, size);
+      if (this.options.verify) await this.verifyWritten(fd, node, size);
       // A new file is owned by this process; in a directory this restore made (no setgid
       // parent) no chown is needed when that is the owner recorded.
       const owned = inCreatedDir && node.uid === EUID && node.gid === EGID;
@@ -605,25 +614,6 @@ const fsAsync = {
   rename: promisify(rename),
   unlink: promisify(unlink),
 };
-const readAt = promisify(read);
-
-/** Writes the content with asynchronous writes (the thread pool), so that several files overlap. */
-async function verifyWritten(fd: number, node: TreeNode, size: number): Promise<void> {
-  const hash = createHash("sha256");
-  const buffer = Buffer.allocUnsafe(Math.min(1024 * 1024, Math.max(1, size)));
-  let position = 0;
-  for (;;) {
-    const { bytesRead } = await readAt(fd, buffer, 0, buffer.length, position);
-    if (bytesRead === 0) break;
-    hash.update(buffer.subarray(0, bytesRead));
-    position += bytesRead;
-  }
-  if (position !== size || (node.sha256 !== undefined && hash.digest("hex") !== node.sha256)) {
-    throw new IotvaultError("DATA_CORRUPT", `restored file ${node.path} does not read back as written`, {
-      hint: "check the target file system for errors (disk, NFS)",
-    });
-  }
-}
 
 /** Owner (when root), mode (after chown, which clears setuid bits) and times, on an open descriptor. */
 function applyMetadata(fd: number, node: TreeNode): void {
