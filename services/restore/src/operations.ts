@@ -55,16 +55,21 @@ export async function openLocked(
     ...deps.repositoryOptions,
     loadIndex: false,
   });
-  const [locked, loaded] = await Promise.allSettled([
-    repo.lockIndexed("shared", lockOptions),
-    Promise.all(snapshotIds.map((id) => repo.loadSnapshot(id, lockOptions.signal))),
+  // A snapshot that is not there ends the wait for the lock (a prune may hold it for minutes).
+  const noSnapshot = new AbortController();
+  const loading = Promise.all(snapshotIds.map((id) => repo.loadSnapshot(id, lockOptions.signal)));
+  loading.catch(() => noSnapshot.abort());
+  const [loaded, locked] = await Promise.allSettled([
+    loading,
+    repo.lockIndexed("shared", { ...lockOptions, signal: AbortSignal.any([lockOptions.signal, noSnapshot.signal]) }),
   ]);
   if (locked.status === "fulfilled" && loaded.status === "fulfilled") {
     return { repo, lock: locked.value, snapshots: loaded.value };
   }
   if (locked.status === "fulfilled") await locked.value.release().catch(() => undefined);
   await repo.close();
-  throw locked.status === "rejected" ? locked.reason : (loaded as PromiseRejectedResult).reason;
+  // The snapshot's error first: when it is missing, the lock's is only "cancelled".
+  throw loaded.status === "rejected" ? loaded.reason : (locked as PromiseRejectedResult).reason;
 }
 
 const stamp = () =>
