@@ -23,9 +23,9 @@ import {
   type DrillResult,
   type OperationProgress,
 } from "@iotvault/proto";
-import { Repository, snapshotGroupId, type SnapshotManifest } from "@iotvault/repo";
+import { snapshotGroupId, type Repository, type SnapshotManifest } from "@iotvault/repo";
 import { drillPostgres, isPgSnapshot, restoreToDirectory } from "@iotvault/sources";
-import type { OperationDeps, Update } from "./operations.js";
+import { openLocked, type OperationDeps, type Update } from "./operations.js";
 
 export interface DrillDeps extends OperationDeps {
   /** restore_command of restored PostgreSQL clusters, by repository location and system id. */
@@ -114,40 +114,37 @@ async function runDrill(
   emit: (p: OperationProgress) => void,
   outcome: Outcome,
 ): Promise<Outcome> {
-  const repo = await Repository.open(deps.storeFor(req.repository), deps.password(), {
-    ...deps.repositoryOptions,
-    loadIndex: false,
+  const { repo, lock } = await openLocked(deps, req.repository, {
+    purpose: "restore drill",
+    waitMs: 10 * 60_000,
+    signal,
   });
   try {
-    const lock = await repo.lockIndexed("shared", { purpose: "restore drill", waitMs: 10 * 60_000, signal });
-    try {
-      const snapshot = await chooseSnapshot(repo, req, signal);
-      outcome.snapshotId = snapshot.id;
-      const onProgress = (p: { filesDone: number; bytesDone: number; currentPath: string }) =>
-        emit({
-          filesDone: BigInt(p.filesDone),
-          bytesDone: BigInt(p.bytesDone),
-          filesTotal: 0n,
-          bytesTotal: BigInt(snapshot.stats.totalBytes),
-          current: p.currentPath,
-        });
-      if (isPgSnapshot(snapshot)) {
-        const verdict = await drillPostgres(repo, snapshot, {
-          scratchRoot: deps.scratchRoot,
-          keep: req.keep,
-          osUser: deps.osUser,
-          restoreCommand: (location, systemId) => deps.restoreCommand(location, systemId),
-          jobs: req.options["jobs"] ? Number(req.options["jobs"]) : undefined,
-          signal,
-          onProgress,
-        });
-        return { kind: verdict.kind, snapshotId: snapshot.id, checks: verdict.checks, scratch: verdict.scratch };
-      }
-      return await drillDirectory(repo, snapshot, deps, req, signal, onProgress);
-    } finally {
-      await lock.release().catch(() => undefined);
+    const snapshot = await chooseSnapshot(repo, req, signal);
+    outcome.snapshotId = snapshot.id;
+    const onProgress = (p: { filesDone: number; bytesDone: number; currentPath: string }) =>
+      emit({
+        filesDone: BigInt(p.filesDone),
+        bytesDone: BigInt(p.bytesDone),
+        filesTotal: 0n,
+        bytesTotal: BigInt(snapshot.stats.totalBytes),
+        current: p.currentPath,
+      });
+    if (isPgSnapshot(snapshot)) {
+      const verdict = await drillPostgres(repo, snapshot, {
+        scratchRoot: deps.scratchRoot,
+        keep: req.keep,
+        osUser: deps.osUser,
+        restoreCommand: (location, systemId) => deps.restoreCommand(location, systemId),
+        jobs: req.options["jobs"] ? Number(req.options["jobs"]) : undefined,
+        signal,
+        onProgress,
+      });
+      return { kind: verdict.kind, snapshotId: snapshot.id, checks: verdict.checks, scratch: verdict.scratch };
     }
+    return await drillDirectory(repo, snapshot, deps, req, signal, onProgress);
   } finally {
+    await lock.release().catch(() => undefined);
     await repo.close();
   }
 }
