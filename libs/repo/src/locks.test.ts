@@ -342,3 +342,64 @@ void test("lockIndexed loads an index-less repository's index while it locks, an
 async function collectTree(repo: Repository, snapshot: SnapshotManifest): Promise<TreeNode[]> {
   return (await collect(repo.readTree(snapshot))).filter((n) => n.type === "file");
 }
+
+void test("a backup lists data/ for unindexed packs only when another backup's lock is there; a dead backup's lock goes", async () => {
+  const options = { packSizeBytes: 2 << 20, indexEveryPacks: 1000, indexEveryMs: 60_000 };
+  const { store, repo } = await newRepo(options);
+  const files = Array.from({ length: 6 }, () => random(1 << 20));
+  const w1 = await repo.startBackup({ runId: "left-1" });
+  for (const [i, data] of files.entries()) await w1.addFile(fileNode(`f${i}`), pieces(data));
+  await w1.abort();
+  await repo.close();
+  // Packs that no index names (the state a backup killed before its first index write leaves).
+  for (const key of await keysUnder(store, "index/")) await store.delete(key);
+  let dataListings = 0;
+  const counted = new Proxy(store, {
+    get(target, prop) {
+      if (prop === "list") {
+        return (prefix: string) => {
+          if (prefix.startsWith("data/")) dataListings++;
+          return target.list(prefix);
+        };
+      }
+      const value: unknown = Reflect.get(target, prop, target);
+      return typeof value === "function" ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+    },
+  });
+  const backupBesides = async (runId: string) => {
+    const r = await Repository.open(counted, PASSWORD, { ...FAST, ...options });
+    try {
+      await (await r.startBackup({ runId })).abort();
+      return coreOf(r).index.chunkCount;
+    } finally {
+      await r.close();
+    }
+  };
+  const reader = await Repository.open(store, PASSWORD, FAST);
+  try {
+    // No other lock, or only a restore's: the packs are not looked for.
+    assert.equal(await backupBesides("quiet-1"), 0);
+    const restoreLock = await plant(reader, { purpose: "restore r-1" });
+    assert.equal(await backupBesides("quiet-2"), 0);
+    assert.equal(dataListings, 0, "no backup lock, no listing of data/");
+    await store.delete(`locks/${restoreLock}`);
+
+    // A backup on this host whose process is gone left its lock: its packs are indexed and
+    // reused, and its lock is deleted so that the next backup does not look again.
+    const dead = await plant(reader, { purpose: "backup left-1", hostname: hostname(), pid: await deadPid() });
+    assert.ok((await backupBesides("after-kill")) >= 2, "the dead backup's packs are indexed");
+    assert.equal(dataListings, 1);
+    assert.equal(await store.stat(`locks/${dead}`), undefined, "the dead backup's lock is gone");
+    await backupBesides("after-recovery");
+    assert.equal(dataListings, 1, "nothing left to look for");
+
+    // A backup running elsewhere (its lock fresh): its packs are looked for (it may have been
+    // killed on a host this one cannot check), and its lock stays.
+    const live = await plant(reader, { purpose: "backup on-another-node" });
+    await backupBesides("beside-another");
+    assert.equal(dataListings, 2);
+    assert.ok(await store.stat(`locks/${live}`), "a live backup's lock is left alone");
+  } finally {
+    await reader.close();
+  }
+});

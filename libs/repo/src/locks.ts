@@ -238,6 +238,8 @@ export class HeldLock implements RepositoryLock {
     private readonly record: LockRecord,
     private readonly timing: LockTiming,
     private readonly onRelease: (lock: HeldLock) => void,
+    /** The other locks in the listing that admitted this one (stale ones included). */
+    readonly others: readonly LockInfo[] = [],
   ) {
     this.lastRefreshed = Date.parse(record.refreshedAt);
     this.timer = setInterval(() => {
@@ -349,16 +351,16 @@ export class RepoLocks {
         refreshedAt: now,
       };
       await writeLock(core, id, record, options.signal);
-      const { conflict, stale } = await this.conflicts(core, id, exclusive, options.signal).catch(
+      const { conflict, stale, others } = await this.conflicts(core, id, exclusive, options.signal).catch(
         async (err: unknown) => {
           await this.removeQuietly(core, id);
           throw err;
         },
       );
       if (!conflict) {
-        const lock = new HeldLock(core, id, exclusive, record, this.timing, (l) => this.held.delete(l));
+        const lock = new HeldLock(core, id, exclusive, record, this.timing, (l) => this.held.delete(l), others);
         this.held.add(lock);
-        if (exclusive) for (const s of stale) await this.removeQuietly(core, s.id);
+        if (exclusive) await this.removeStale(core, stale);
         return lock;
       }
       await this.removeQuietly(core, id);
@@ -386,10 +388,15 @@ export class RepoLocks {
     ownId: string,
     exclusive: boolean,
     signal: AbortSignal | undefined,
-  ): Promise<{ conflict: LockInfo | undefined; stale: LockInfo[] }> {
+  ): Promise<{ conflict: LockInfo | undefined; stale: LockInfo[]; others: LockInfo[] }> {
     const others = (await readLocks(core, this.timing, signal)).filter((l) => l.id !== ownId);
     const conflict = others.find((l) => !l.stale && (exclusive || l.exclusive));
-    return { conflict, stale: others.filter((l) => l.stale) };
+    return { conflict, stale: others.filter((l) => l.stale), others };
+  }
+
+  /** Deletes locks found stale (ignored by everyone anyway); errors are ignored. */
+  async removeStale(core: RepoCore, locks: readonly LockInfo[]): Promise<void> {
+    for (const l of locks) if (l.stale) await this.removeQuietly(core, l.id);
   }
 
   private async removeQuietly(core: RepoCore, id: string): Promise<void> {

@@ -1,7 +1,10 @@
 import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { hostname } from "node:os";
 import { test } from "node:test";
 import { isCode } from "@iotvault/errors";
 import { BLOB_FLAG_ZSTD } from "./format.js";
+import { writeLock } from "./locks.js";
 import { Repository } from "./repository.js";
 import {
   FAST,
@@ -16,6 +19,7 @@ import {
   random,
   readAll,
 } from "./test-util.js";
+import { deadPid } from "./test-support.js";
 import type { TreeNode } from "./tree.js";
 
 void test("backing up the same content twice stores almost nothing the second time", async () => {
@@ -144,9 +148,10 @@ void test("packs a killed backup stored but never indexed are recovered from the
   const files = Array.from({ length: 12 }, () => random(1 << 20));
   const w1 = await repo.startBackup({ runId: "killed-1" });
   for (const [i, data] of files.entries()) await w1.addFile(fileNode(`f${i}`), pieces(data));
-  await w1.abort(); // indexes what was stored ...
+  await w1.abort(); // indexes what was stored and lets the lock go ...
   await repo.close();
-  // ... so drop every index file: the state of a process killed before its first index write.
+  // ... so drop every index file and put the lock back: the state of a process killed before
+  // its first index write.
   for await (const o of store.list("index/")) await store.delete(o.key);
   let packs = 0;
   for await (const _ of store.list("data/")) packs++;
@@ -164,6 +169,9 @@ void test("packs a killed backup stored but never indexed are recovered from the
 
   const reopened = await Repository.open(store, PASSWORD, { ...FAST, ...options });
   try {
+    const now = new Date().toISOString();
+    const lock = { exclusive: false, hostname: hostname(), pid: await deadPid(), createdAt: now, refreshedAt: now };
+    await writeLock(coreOf(reopened), randomBytes(32).toString("hex"), { ...lock, purpose: "backup killed-1" });
     assert.equal(coreOf(reopened).index.chunkCount, 0);
     const w2 = await reopened.startBackup({ runId: "killed-2" });
     assert.ok(

@@ -100,6 +100,8 @@ export interface RepositoryOptions {
 
 /** Repositories whose keys a service derives ahead (Repository.prepareKeys; the cache holds 64). */
 const PREPARED_KEYS_MAX = 16;
+/** A backup's lock purpose: this, then its run id (repository-format.md 14.1). */
+const BACKUP_LOCK_PURPOSE = "backup ";
 
 const PACK_SIZE_LIMITS = { min: 64 * 1024, max: 1024 * 1024 * 1024 } as const;
 
@@ -422,13 +424,21 @@ export class Repository {
     // Under the lock the index is brought up to date: a prune that ran since it was loaded must
     // not be deduplicated against.
     const lock = await this.acquireIndexed("shared", {
-      purpose: `backup ${options.runId}`,
+      purpose: `${BACKUP_LOCK_PURPOSE}${options.runId}`,
       waitMs: options.lockWaitMs,
       signal: options.signal,
     });
     try {
-      // Packs a killed backup stored without indexing them are indexed now and reused.
-      await indexOrphanPacks(this.core, options.signal);
+      // Packs a killed backup stored without indexing them are indexed now and reused. A killed
+      // backup leaves its lock behind (a cancelled or failed one indexes what it stored, then
+      // lets its lock go), so the store's packs are listed only when another backup's lock is
+      // there: a listing of data/ is ~65 requests per TiB on S3, every run.
+      const backups = lock.others.filter((l) => l.purpose.startsWith(BACKUP_LOCK_PURPOSE));
+      if (backups.length > 0) {
+        await indexOrphanPacks(this.core, options.signal);
+        // Their packs are indexed now: a dead backup's lock need not send the next one looking.
+        await this.locks.removeStale(this.core, backups);
+      }
       return new BackupSession(this.core, this.sealer, id, options, lock);
     } catch (err) {
       await lock.release().catch(() => undefined);
