@@ -9,16 +9,8 @@ import { parentPort } from "node:worker_threads";
 import { Arena } from "./blob.js";
 import { LocalFileStream, PipelineCore, STREAM_SEGMENT_BYTES } from "./pipeline-core.js";
 import { readBackSync } from "./read-back.js";
-import { YoungGc, collectAll } from "./young-gc.js";
-import type {
-  BatchReply,
-  JobBatch,
-  JobResult,
-  OpenedResult,
-  StreamChunkRef,
-  WorkerInit,
-  WorkerReset,
-} from "./workers.js";
+import { YoungGc } from "./young-gc.js";
+import type { BatchReply, JobBatch, JobResult, OpenedResult, StreamChunkRef, WorkerInit } from "./workers.js";
 
 const port = parentPort;
 /** Dead buffers are collected every few MiB (see young-gc.ts). */
@@ -130,18 +122,9 @@ function run(batch: JobBatch, pipeline: PipelineCore, arena: Arena, transfer: Ar
   });
 }
 
-port?.on("message", (msg: WorkerInit | WorkerReset | JobBatch) => {
+port?.on("message", (msg: WorkerInit | JobBatch) => {
   if ("init" in msg) {
     core = new PipelineCore(msg.init);
-    return;
-  }
-  if ("reset" in msg) {
-    // Idle until the next sealer's init: nothing of this one's (keys, files, hashes) is kept.
-    for (const stream of streams.values()) stream.close();
-    streams.clear();
-    fileHashes.clear();
-    core = undefined;
-    collectAll();
     return;
   }
   // Blobs are sealed into the arena the batch brought along (reused by the caller), grown if needed.

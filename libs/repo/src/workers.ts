@@ -7,11 +7,8 @@
  * over (`owned`) move to the worker by transfer; others are copied once. A worker answers a
  * batch with one message: the sealed blobs in one arena, opened plaintexts as their own
  * buffers, all transferred. Workers start on first use and keep the process alive only while
- * they have work. A closed sealer's idle workers are kept for the next sealer for a while
- * (IdleWorkers): a service opens a repository per request, and starting two threads and
- * loading the pipeline into them took ~30 ms of every restore and backup.
+ * they have work.
  */
-import { availableParallelism } from "node:os";
 import { Worker } from "node:worker_threads";
 import { IotvaultError } from "@iotvault/errors";
 import type { SealKey, Sealed } from "./blob.js";
@@ -40,11 +37,6 @@ import {
 
 export interface WorkerInit {
   init: PipelineParams;
-}
-
-/** Drops a worker's pipeline (its keys), open streams and file hashes: it goes idle. */
-export interface WorkerReset {
-  reset: true;
 }
 
 export type Job =
@@ -243,31 +235,14 @@ class PoolWorker {
   private failure: IotvaultError | undefined;
   private seq = 0;
 
-  private readonly onMessage = (reply: BatchReply) => this.settle(reply);
-  private readonly onError = (err: unknown) => this.failAll(err);
-  private readonly onExit = (code: number) => this.failAll(new Error(`the pipeline worker exited with code ${code}`));
-
   constructor(
     readonly worker: Worker,
     private readonly arenas: ArenaPool,
   ) {
     worker.unref();
-    worker.on("message", this.onMessage);
-    worker.on("error", this.onError);
-    worker.on("exit", this.onExit);
-  }
-
-  /**
-   * Lets go of the thread when it is healthy and has nothing in flight (it can serve another
-   * sealer after a reset), else undefined: the caller terminates it.
-   */
-  detach(): Worker | undefined {
-    if (this.failure || this.sent.size > 0 || (this.batch?.jobs.length ?? 0) > 0) return undefined;
-    this.worker.off("message", this.onMessage);
-    this.worker.off("error", this.onError);
-    this.worker.off("exit", this.onExit);
-    this.failure = new IotvaultError("FAILED_PRECONDITION", "the repository is closed");
-    return this.worker;
+    worker.on("message", (reply: BatchReply) => this.settle(reply));
+    worker.on("error", (err) => this.failAll(err));
+    worker.on("exit", (code) => this.failAll(new Error(`the pipeline worker exited with code ${code}`)));
   }
 
   init(params: PipelineParams): void {
@@ -641,14 +616,9 @@ export class WorkerSealer implements ChunkSealer {
     this.macKey.fill(0);
     // Idle workers are unref'd: without a handle of its own, the process may go idle (and a
     // test runner give up) before the terminate promises settle.
-    const broken = pool.filter((w) => {
-      const worker = w.detach();
-      if (worker) idleWorkers.give(worker);
-      return worker === undefined;
-    });
     const alive = setInterval(noop, 1000);
     try {
-      await Promise.all(broken.map((w) => w.worker.terminate()));
+      await Promise.all(pool.map((w) => w.worker.terminate()));
     } finally {
       clearInterval(alive);
     }
@@ -675,76 +645,11 @@ export class WorkerSealer implements ChunkSealer {
   private start(): PoolWorker[] {
     const url = new URL("./seal-worker.js", import.meta.url);
     return Array.from({ length: this.parallelism }, () => {
-      const w = new PoolWorker(idleWorkers.take() ?? new Worker(url), this.arenas);
+      const w = new PoolWorker(new Worker(url), this.arenas);
       w.init(this.params());
       return w;
     });
   }
-}
-
-/**
- * Worker threads of closed sealers, reset (no keys, no pipeline), for the next sealer. They do
- * not keep the process alive, and end after IDLE_WORKER_MS unused; at most IDLE_WORKERS_KEPT
- * are kept (~11 MiB each when idle).
- */
-class IdleWorkers {
-  private readonly idle = new Map<Worker, { timer: NodeJS.Timeout; gone: () => void }>();
-
-  constructor(
-    private readonly keepMs: number,
-    private readonly max: number,
-  ) {}
-
-  get size(): number {
-    return this.idle.size;
-  }
-
-  give(worker: Worker): void {
-    const reset: WorkerReset = { reset: true };
-    worker.postMessage(reset);
-    worker.unref();
-    if (this.idle.size >= this.max) {
-      void worker.terminate();
-      return;
-    }
-    // An idle thread that fails or exits is dropped; its error must not reach the process.
-    const gone = () => this.drop(worker);
-    worker.on("error", gone);
-    worker.on("exit", gone);
-    const timer = setTimeout(() => {
-      this.drop(worker);
-      void worker.terminate();
-    }, this.keepMs);
-    timer.unref();
-    this.idle.set(worker, { timer, gone });
-  }
-
-  take(): Worker | undefined {
-    for (const worker of this.idle.keys()) {
-      this.drop(worker);
-      // An exited thread's threadId is -1 (its exit event may not have been delivered yet).
-      if (worker.threadId >= 0) return worker;
-    }
-    return undefined;
-  }
-
-  private drop(worker: Worker): void {
-    const entry = this.idle.get(worker);
-    if (!entry) return;
-    this.idle.delete(worker);
-    clearTimeout(entry.timer);
-    worker.off("error", entry.gone);
-    worker.off("exit", entry.gone);
-  }
-}
-
-/** How long a closed sealer's workers wait for the next sealer. */
-const IDLE_WORKER_MS = 60_000;
-const idleWorkers = new IdleWorkers(IDLE_WORKER_MS, Math.max(2, availableParallelism()));
-
-/** Idle pipeline threads kept in this process (for tests and diagnostics). */
-export function idlePipelineWorkers(): number {
-  return idleWorkers.size;
 }
 
 const EMPTY = new Uint8Array(0);
