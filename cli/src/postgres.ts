@@ -19,7 +19,7 @@
  * restore_command = 'IOTVAULT_KEY_FILE=/etc/iotvault/wal.key iotvault wal-fetch --repo main --system-id 7441... %f %p'
  * ```
  */
-import { readRepositorySecret } from "@iotvault/config";
+import { readRepositorySecret, repositoryOptionsOf } from "@iotvault/config";
 import { IotvaultError, isCode, toIotvaultError } from "@iotvault/errors";
 import { DrillResult, Job, SUBJECTS, WalArchived } from "@iotvault/proto";
 import { Repository } from "@iotvault/repo";
@@ -42,7 +42,7 @@ const wal = () => import("@iotvault/sources/wal");
 async function openArchive(ctx: Context, repository: string, loadIndex: boolean): Promise<Repository> {
   const store = new GatewayObjectStore(ctx.gateway, repository, { address: ctx.config.addressOf("storage-gateway") });
   return Repository.open(store, readRepositorySecret(ctx.env, ctx.config.repository), {
-    scryptLogN: ctx.config.repository.scryptLogN,
+    ...repositoryOptionsOf(ctx.config),
     workers: 1,
     loadIndex,
   });
@@ -66,8 +66,7 @@ export async function walPushCmd(ctx: Context, argv: string[]): Promise<void> {
   const path = required(p.positionals[0], "WAL file path (%p)", usage);
   const repository = required(str(p, "repo"), "--repo", usage);
   const started = Date.now();
-  const repo = await openArchive(ctx, repository, false);
-  const { walPush } = await wal();
+  const [repo, { walPush }] = await Promise.all([openArchive(ctx, repository, false), wal()]);
   let pushed: WalPushResult;
   try {
     pushed = await walPush(repo, path, { systemId: str(p, "system-id"), pgdata: str(p, "pgdata") });

@@ -17,7 +17,7 @@ import {
 } from "@iotvault/proto";
 import { Repository, policyFromJobRetention, type SnapshotManifest } from "@iotvault/repo";
 import { GatewayObjectStore, callClientStream, callUnary } from "@iotvault/rpc/client";
-import { readRepositorySecret } from "@iotvault/config";
+import { readRepositorySecret, repositoryOptionsOf } from "@iotvault/config";
 import { flag, parse, required, str } from "./args.js";
 import type { Context } from "./context.js";
 import { ProgressBar, formatBytes, formatTime, table } from "./output.js";
@@ -26,7 +26,7 @@ import { RETENTION_OPTIONS, describeRetention, retentionOf } from "./commands.js
 async function openRepository(ctx: Context, name: string): Promise<Repository> {
   const store = new GatewayObjectStore(ctx.gateway, name, { address: ctx.config.addressOf("storage-gateway") });
   return Repository.open(store, readRepositorySecret(ctx.env, ctx.config.repository), {
-    scryptLogN: ctx.config.repository.scryptLogN,
+    ...repositoryOptionsOf(ctx.config),
     workers: 1,
   });
 }

@@ -16,6 +16,7 @@
  */
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
+import { randomBytes, randomInt } from "node:crypto";
 import { chmod, copyFile, mkdir, readFile, readdir, rename, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -180,6 +181,27 @@ describe("PostgreSQL end to end: WAL archive, logical and physical jobs, PITR, d
     const different = await stack.cli(["wal-push", "--repo", "main", "--system-id", systemId, copy]);
     assert.equal(different.code, 1);
     assert.match(different.stderr, /already exists with different content/);
+    // A segment is compressed at the configured repository.compressionLevel (text that is not a
+    // WAL page, archived under a system id of its own: the cluster's archive is left as it is).
+    // 400 random records repeated in random order: matches far apart, which higher levels find
+    // (zstd: ~79 KB at level 1, ~41 KB at 12). No WAL page header in front: the system id is
+    // the one given.
+    const records = Array.from({ length: 400 }, () => randomBytes(120).toString("base64"));
+    const lines = Array.from({ length: 20_000 }, () => records[randomInt(records.length)]!);
+    const text = Buffer.concat([Buffer.alloc(64), Buffer.from(lines.join("\n"))]);
+    const stored: number[] = [];
+    for (const [i, level] of [1, 12].entries()) {
+      const conf = join(dir, `level-${level}.yaml`);
+      await writeFile(conf, `repository:\n  compressionLevel: ${level}\n`);
+      const segment = join(dir, `00000001000000000000000${i + 1}`);
+      await writeFile(segment, text);
+      const pushed = await stack.cliJson<{ storedBytes: number }>(
+        ["wal-push", "--repo", "main", "--system-id", "4242", segment],
+        { IOTVAULT_CONFIG: conf },
+      );
+      stored.push(pushed.storedBytes);
+    }
+    assert.ok(stored[1]! < stored[0]!, `level 12 stores less than level 1 (${stored.join(" / ")} bytes)`);
     const fetched = join(dir, "fetched");
     const ok = await stack.cli(["wal-fetch", "--repo", "main", "--system-id", systemId, name, fetched]);
     assert.equal(ok.code, 0, ok.stderr);

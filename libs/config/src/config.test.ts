@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { describe, it } from "node:test";
 import { isCode } from "@iotvault/errors";
 import { tempDir } from "@iotvault/testing";
-import { loadConfig, parseConfig, readRepositoryPassword } from "./index.js";
+import { loadConfig, parseConfig, readRepositoryPassword, repositoryOptionsOf } from "./index.js";
 
 describe("configuration", () => {
   it("has working defaults with no file and no environment", () => {
@@ -125,5 +125,26 @@ describe("repository passphrase", () => {
     } finally {
       await dir.cleanup();
     }
+  });
+});
+
+describe("repositoryOptionsOf", () => {
+  it("passes every repository setting on, pack size in bytes", () => {
+    const config = parseConfig(
+      { repository: { packSizeMiB: 32, compressionLevel: 7, scryptLogN: 14, workers: 1 } },
+      { env: { HOME: "/home/op" } },
+    );
+    assert.deepEqual(repositoryOptionsOf(config), {
+      scryptLogN: 14,
+      packSizeBytes: 32 * 1024 * 1024,
+      compressionLevel: 7,
+      workers: 1,
+    });
+    assert.deepEqual(repositoryOptionsOf(parseConfig({}, { env: { HOME: "/home/op" } })), {
+      scryptLogN: 17,
+      packSizeBytes: 16 * 1024 * 1024,
+      compressionLevel: 3,
+      workers: 0,
+    });
   });
 });

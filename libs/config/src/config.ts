@@ -179,6 +179,26 @@ export interface IotvaultConfig extends WithDefaults {
   addressOf(service: ServiceName): string;
 }
 
+/**
+ * The repository settings every process that opens a repository passes on (`Repository.open`
+ * options): the executor, the restore service and the CLI's own commands (wal-push, forget,
+ * prune) store and repack alike.
+ */
+export function repositoryOptionsOf(config: IotvaultConfig): {
+  scryptLogN: number;
+  packSizeBytes: number;
+  compressionLevel: number;
+  workers: number;
+} {
+  const r = config.repository;
+  return {
+    scryptLogN: r.scryptLogN,
+    packSizeBytes: r.packSizeMiB << 20,
+    compressionLevel: r.compressionLevel,
+    workers: r.workers,
+  };
+}
+
 /** Environment variables that override a configuration field (docs/configuration.md lists them). */
 export const ENV_OVERRIDES: Readonly<
   Record<string, { path: readonly string[]; type: "string" | "number" | "path-list" }>

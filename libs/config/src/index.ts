@@ -12,6 +12,7 @@
 export {
   loadConfig,
   parseConfig,
+  repositoryOptionsOf,
   configFilePath,
   defaultHome,
   ENV_OVERRIDES,

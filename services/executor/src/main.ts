@@ -5,7 +5,7 @@
  * progress be redelivered elsewhere (it resumes from its indexed packs), exit.
  */
 import { Bus } from "@iotvault/bus";
-import { loadConfig, readRepositorySecret } from "@iotvault/config";
+import { loadConfig, readRepositorySecret, repositoryOptionsOf } from "@iotvault/config";
 import { BackupRequested, STREAMS, SUBJECTS, StorageGatewayServiceClient } from "@iotvault/proto";
 import { Repository } from "@iotvault/repo";
 import { GatewayObjectStore, callUnary, createClient, startGrpcServer } from "@iotvault/rpc";
@@ -51,12 +51,7 @@ async function main(): Promise<void> {
           bus,
           storeFor,
           password: () => readRepositorySecret(process.env, config.repository),
-          repositoryOptions: {
-            scryptLogN: config.repository.scryptLogN,
-            packSizeBytes: config.repository.packSizeMiB << 20,
-            compressionLevel: config.repository.compressionLevel,
-            workers: config.repository.workers,
-          },
+          repositoryOptions: repositoryOptionsOf(config),
           maxDeliver: config.bus.maxDeliver,
           progressIntervalMs: config.bus.progressIntervalMs,
           logger,

@@ -4,7 +4,7 @@
  * publishes restore.* and verify.* events.
  */
 import { Bus } from "@iotvault/bus";
-import { loadConfig, readRepositorySecret } from "@iotvault/config";
+import { loadConfig, readRepositorySecret, repositoryOptionsOf } from "@iotvault/config";
 import {
   RestoreServiceService,
   StorageGatewayServiceClient,
@@ -50,7 +50,7 @@ async function main(): Promise<void> {
     bus,
     storeFor: (repository) => new GatewayObjectStore(gateway, repository, { address: gatewayAddress }),
     password: () => readRepositorySecret(process.env, config.repository),
-    repositoryOptions: { scryptLogN: config.repository.scryptLogN, workers: config.repository.workers },
+    repositoryOptions: repositoryOptionsOf(config),
     logger,
     sourceServices: { bus },
   };
