@@ -293,6 +293,9 @@ describe("iotvault end to end (five services, real NATS, PostgreSQL, gRPC)", { t
       Number(run.stats.bytesNew) < 4 * (96 << 20),
       `packs stored before the kill were reused: ${JSON.stringify(run.stats)}`,
     );
+    // The killed backup's lock sent the redelivered one looking for its unindexed packs, and
+    // went once they were indexed; the completed run released its own.
+    assert.deepEqual(await stack.cliJson(["locks", "--repo", "killrepo"]), []);
     await stack.kill("restore");
     const restore = await restartPreparingKeys(stack, "restore");
     assert.deepEqual(restore, restarted);
