@@ -144,9 +144,9 @@ export async function walFetchCmd(ctx: Context, argv: string[]): Promise<void> {
     const dest = required(p.positionals[1], "destination path (%p)", usage);
     const repository = required(str(p, "repo"), "--repo", usage);
     const systemId = required(str(p, "system-id"), "--system-id", usage);
-    const { walFetch } = await wal();
+    const walModule = wal(); // loads while the repository opens
     const found = await retrying(async () => {
-      const repo = await openArchive(ctx, repository, false);
+      const [repo, { walFetch }] = await Promise.all([openArchive(ctx, repository, false), walModule]);
       try {
         return await walFetch(repo, name, dest, { systemId });
       } finally {
