@@ -181,11 +181,10 @@ describe("PostgreSQL end to end: WAL archive, logical and physical jobs, PITR, d
     const different = await stack.cli(["wal-push", "--repo", "main", "--system-id", systemId, copy]);
     assert.equal(different.code, 1);
     assert.match(different.stderr, /already exists with different content/);
-    // A segment is compressed at the configured repository.compressionLevel (text that is not a
-    // WAL page, archived under a system id of its own: the cluster's archive is left as it is).
-    // 400 random records repeated in random order: matches far apart, which higher levels find
-    // (zstd: ~79 KB at level 1, ~41 KB at 12). No WAL page header in front: the system id is
-    // the one given.
+    // A segment is compressed at the configured repository.compressionLevel. The data: 400
+    // random records repeated in random order (matches far apart, which higher zstd levels find),
+    // with no WAL page header in front, archived under a system id of its own so that the
+    // cluster's archive is left as it is.
     const records = Array.from({ length: 400 }, () => randomBytes(120).toString("base64"));
     const lines = Array.from({ length: 20_000 }, () => records[randomInt(records.length)]!);
     const text = Buffer.concat([Buffer.alloc(64), Buffer.from(lines.join("\n"))]);
