@@ -241,11 +241,16 @@ export class BackupSession implements BackupWriter {
       if (r.kind !== "read") return { added: false, reason: r.kind, message: r.message };
       this.stats.bytesRead += r.file.size;
       this.acceptSealed(r.file);
-      return this.addReadFile(options, r.stat, {
+      const outcome = await this.addReadFile(options, r.stat, {
         size: r.file.size,
         chunks: r.file.chunks.map((c) => c.id),
         sha256: r.file.sha256,
       });
+      // Backpressure, as for streamed files: while a full pack waits for an upload slot, the
+      // packer keeps copies of the blobs that arrive; without this wait a store slower than the
+      // workers made that copy grow with the size of the source (117 MiB held at 4 GiB).
+      await this.packer.room();
+      return outcome;
     });
   }
 

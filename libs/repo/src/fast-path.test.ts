@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
 import { test } from "node:test";
 import { isCode } from "@iotvault/errors";
 import type { MemoryStore } from "@iotvault/storage";
@@ -276,6 +277,53 @@ void test("a damaged blob fails the write of its file only, naming the pack; the
       }
       assert.equal(readFileSync(join(dir, "b")).length, 1 << 20);
     } finally {
+      await repo.close();
+    }
+  });
+});
+
+void test("addLocalFile waits while a full pack waits for its upload: a slow store slows the backup instead of filling memory", async () => {
+  await withDir(async (dir) => {
+    const { store, repo } = await newRepo({ workers: 2, packSizeBytes: 256 * 1024 });
+    // Pack uploads wait for the gate: a store far slower than the workers.
+    let open!: () => void;
+    const gate = new Promise<void>((resolve) => (open = resolve));
+    const put = store.put.bind(store);
+    store.put = async (...args) => {
+      if (args[0].startsWith("data/")) await gate;
+      return put(...args);
+    };
+    const files = Array.from({ length: 120 }, (_, i) => {
+      const data = random(64 * 1024);
+      writeFileSync(join(dir, `f${i}`), data);
+      return data;
+    });
+    try {
+      const w = await repo.startBackup({ runId: "slow-store" });
+      let taken = 0;
+      const adding = files.map((data, i) =>
+        w.addLocalFile(join(dir, `f${i}`), data.length, { node: nodeOf(`f${i}`) }).then((o) => {
+          taken++;
+          return o;
+        }),
+      );
+      // Until the files stop being taken in (or all are).
+      for (let before = -1; taken !== before && taken < files.length;) {
+        before = taken;
+        await sleep(300);
+      }
+      // One pack uploading, one full and waiting, one being filled: ~12 files of 64 KiB. Without
+      // the wait, every file was taken in and its blobs copied aside until the upload ended.
+      assert.ok(taken <= 20, `${taken} of ${files.length} files were taken in while no pack could be stored`);
+      open();
+      const outcomes = await Promise.all(adding);
+      assert.ok(outcomes.every((o) => o.added));
+      const { snapshot } = await w.commit(META);
+      const tree = await collect(repo.readTree(snapshot));
+      const restored = await restoreAll(repo, tree, dir);
+      files.forEach((data, i) => assert.ok(restored.get(`f${i}`)!.equals(data), `f${i}`));
+    } finally {
+      open();
       await repo.close();
     }
   });
