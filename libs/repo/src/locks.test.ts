@@ -8,7 +8,7 @@ import { MemoryStore, type ObjectStore, type PutOptions } from "@iotvault/storag
 import { writeLock, type LockRecord } from "./locks.js";
 import { Repository } from "./repository.js";
 import type { SnapshotManifest } from "./snapshot.js";
-import { CrashingStore, deadPid, keysUnder } from "./test-support.js";
+import { CrashingStore, deadPid, keysUnder, unindexedPacks } from "./test-support.js";
 import type { TreeNode } from "./tree.js";
 import { FAST, META, PASSWORD, collect, coreOf, fileNode, newRepo, pieces, random, readAll } from "./test-util.js";
 
@@ -344,15 +344,8 @@ async function collectTree(repo: Repository, snapshot: SnapshotManifest): Promis
 }
 
 void test("a backup lists data/ for unindexed packs only when another backup's lock is there; a dead backup's lock goes", async () => {
-  const options = { packSizeBytes: 2 << 20, indexEveryPacks: 1000, indexEveryMs: 60_000 };
-  const { store, repo } = await newRepo(options);
-  const files = Array.from({ length: 6 }, () => random(1 << 20));
-  const w1 = await repo.startBackup({ runId: "left-1" });
-  for (const [i, data] of files.entries()) await w1.addFile(fileNode(`f${i}`), pieces(data));
-  await w1.abort();
-  await repo.close();
   // Packs that no index names (the state a backup killed before its first index write leaves).
-  for (const key of await keysUnder(store, "index/")) await store.delete(key);
+  const { store, options } = await unindexedPacks(6, "left-1");
   let dataListings = 0;
   const counted = new Proxy(store, {
     get(target, prop) {

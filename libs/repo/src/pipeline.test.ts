@@ -19,7 +19,7 @@ import {
   random,
   readAll,
 } from "./test-util.js";
-import { deadPid } from "./test-support.js";
+import { deadPid, unindexedPacks } from "./test-support.js";
 import type { TreeNode } from "./tree.js";
 
 void test("backing up the same content twice stores almost nothing the second time", async () => {
@@ -143,16 +143,9 @@ void test("a backup aborted mid-way leaves its packs indexed; the next one uploa
 });
 
 void test("packs a killed backup stored but never indexed are recovered from their headers and reused", async () => {
-  const options = { packSizeBytes: 2 << 20, indexEveryPacks: 1000, indexEveryMs: 60_000 };
-  const { store, repo } = await newRepo(options);
-  const files = Array.from({ length: 12 }, () => random(1 << 20));
-  const w1 = await repo.startBackup({ runId: "killed-1" });
-  for (const [i, data] of files.entries()) await w1.addFile(fileNode(`f${i}`), pieces(data));
-  await w1.abort(); // indexes what was stored and lets the lock go ...
-  await repo.close();
-  // ... so drop every index file and put the lock back: the state of a process killed before
-  // its first index write.
-  for await (const o of store.list("index/")) await store.delete(o.key);
+  // Packs no index names; the lock is put back below: the state of a process killed before its
+  // first index write.
+  const { store, options, files } = await unindexedPacks(12, "killed-1");
   let packs = 0;
   for await (const _ of store.list("data/")) packs++;
   assert.ok(packs >= 4, `the killed run stored ${packs} packs`);

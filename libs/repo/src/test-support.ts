@@ -13,7 +13,7 @@ import { IotvaultError } from "@iotvault/errors";
 import type { ByteRange, ObjectInfo, ObjectStore, PutOptions } from "@iotvault/storage";
 import type { Repository, RepositoryOptions } from "./repository.js";
 import type { SnapshotManifest } from "./snapshot.js";
-import { FAST, META, fileNode, pieces, readAll } from "./test-util.js";
+import { FAST, META, fileNode, newRepo, pieces, random, readAll } from "./test-util.js";
 
 /** Small chunks and packs, so that a few hundred KiB make many chunks and several packs. */
 export const SMALL: RepositoryOptions = {
@@ -166,4 +166,21 @@ export async function withTempDir<T>(fn: (dir: string) => Promise<T>): Promise<T
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
+}
+
+/**
+ * A repository holding the packs of `count` 1 MiB files (f0, f1, ...) that no index names: a
+ * backup stored them, was aborted (which indexes them and lets its lock go), then every index
+ * file was deleted. Tests put back the lock a killed backup would leave, when they need it.
+ */
+export async function unindexedPacks(count: number, runId: string) {
+  const options = { packSizeBytes: 2 << 20, indexEveryPacks: 1000, indexEveryMs: 60_000 };
+  const { store, repo } = await newRepo(options);
+  const files = Array.from({ length: count }, () => random(1 << 20));
+  const w = await repo.startBackup({ runId });
+  for (const [i, data] of files.entries()) await w.addFile(fileNode(`f${i}`), pieces(data));
+  await w.abort();
+  await repo.close();
+  for (const key of await keysUnder(store, "index/")) await store.delete(key);
+  return { store, options, files };
 }
