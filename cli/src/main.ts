@@ -52,8 +52,9 @@ usage: iotvault <command> [options] [--json]
                                     write a sample IoT gateway tree (for demos and tests)
   wal-push <%p> --repo R [--system-id S] [--pgdata DIR]
                                     PostgreSQL archive_command: store a WAL file (idempotent)
-  wal-fetch <%f> <%p> --repo R --system-id S
-                                    PostgreSQL restore_command (exit 1: not archived)
+  wal-fetch <%f> <%p> --repo R --system-id S [--prefetch N]
+                                    PostgreSQL restore_command (exit 1: not archived);
+                                    --prefetch: the next N segments fetched ahead
   wal-list --repo R [--system-id S] the WAL archive per cluster and timeline
   wal-prune --repo R [--system-id S] [--dry-run]
                                     remove WAL older than the oldest kept physical backup
@@ -117,6 +118,13 @@ async function main(argv: string[]): Promise<number> {
   }
   let ctx: Context | undefined;
   try {
+    // restore_command with --prefetch: a segment fetched ahead is moved into place before
+    // anything heavier than this module loads.
+    const spooled = command === "wal-fetch" ? await (await import("./wal-fetch.js")).fetchFromSpool(rest) : undefined;
+    if (spooled !== undefined) {
+      if (json) process.stdout.write(JSON.stringify({ name: spooled, restored: true, prefetched: true }) + "\n");
+      return 0;
+    }
     const [run, { Context }] = await Promise.all([load(), import("./context.js")]);
     ctx = new Context(process.env, json);
     await run(ctx, rest);

@@ -2,8 +2,9 @@
  * PostgreSQL commands of `iotvault`:
  *
  *   wal-push <%p> --repo R                archive_command: store a WAL file, publish wal.archived
- *   wal-fetch <%f> <%p> --repo R --system-id S
- *                                         restore_command: exit 1 (silently) when not archived
+ *   wal-fetch <%f> <%p> --repo R --system-id S [--prefetch N] [--spool DIR]
+ *                                         restore_command: exit 1 (silently) when not archived;
+ *                                         --prefetch: the next N segments fetched ahead (wal-fetch.ts)
  *   wal-list --repo R [--system-id S]     what the archive holds, per cluster and timeline
  *   wal-prune --repo R [--system-id S] [--dry-run]
  *                                         remove WAL older than the oldest kept physical backup
@@ -28,6 +29,7 @@ import type { WalObject, WalPushResult } from "@iotvault/sources/wal";
 import { UsageRequested, flag, list, parse, required, str } from "./args.js";
 import type { Context } from "./context.js";
 import { ProgressBar, formatBytes, formatDuration, table } from "./output.js";
+import { startFiller, walFetchArgs, type WalFetchArgs } from "./wal-fetch.js";
 
 /** Exit code of wal-fetch for anything but "not in the archive": PostgreSQL stops recovery on it. */
 export const WAL_FETCH_FATAL = 126;
@@ -137,29 +139,47 @@ async function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Pr
  * as if the archive had no more WAL.
  */
 export async function walFetchCmd(ctx: Context, argv: string[]): Promise<void> {
-  const usage = "iotvault wal-fetch <file name (%f)> <destination (%p)> --repo R --system-id S";
   try {
-    const p = parse(argv, { repo: { type: "string" }, "system-id": { type: "string" } }, usage);
-    const name = required(p.positionals[0], "WAL file name (%f)", usage);
-    const dest = required(p.positionals[1], "destination path (%p)", usage);
-    const repository = required(str(p, "repo"), "--repo", usage);
-    const systemId = required(str(p, "system-id"), "--system-id", usage);
+    const a = walFetchArgs(argv);
+    if (a.fill) {
+      await fillCmd(ctx, a);
+      return;
+    }
     const walModule = wal(); // loads while the repository opens
     const found = await retrying(async () => {
-      const [repo, { walFetch }] = await Promise.all([openArchive(ctx, repository, false), walModule]);
+      const [repo, { walFetch }] = await Promise.all([openArchive(ctx, a.repository, false), walModule]);
       try {
-        return await walFetch(repo, name, dest, { systemId });
+        return await walFetch(repo, a.name, a.dest, { systemId: a.systemId });
       } finally {
         await repo.close();
       }
     });
     if (!found) process.exitCode = 1;
-    else if (ctx.json) ctx.print({ name, restored: true }, () => "");
+    else {
+      startFiller(a);
+      if (ctx.json) ctx.print({ name: a.name, restored: true }, () => "");
+    }
   } catch (err) {
     if (err instanceof UsageRequested) throw err; // --help: main prints the usage, exit 0
     const e = toIotvaultError(err);
     process.stderr.write(`iotvault wal-fetch: ${e.message}${e.hint ? `\nhint: ${e.hint}` : ""}\n`);
     process.exitCode = WAL_FETCH_FATAL;
+  }
+}
+
+/** The prefetch spool's filler (`wal-fetch --fill`, started by wal-fetch): see wal-spool.ts. */
+async function fillCmd(ctx: Context, a: WalFetchArgs): Promise<void> {
+  const [repo, { fillSpool }] = await Promise.all([
+    openArchive(ctx, a.repository, false),
+    import("@iotvault/sources/wal-spool"),
+  ]);
+  try {
+    const r = await fillSpool(repo, { spool: a.spool, after: a.name, systemId: a.systemId, count: a.prefetch });
+    process.stdout.write(
+      `${r.ran ? `fetched ${r.fetched.length} segment(s) after ${a.name}` : "another filler runs"}\n`,
+    );
+  } finally {
+    await repo.close();
   }
 }
 

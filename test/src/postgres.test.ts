@@ -217,6 +217,60 @@ describe("PostgreSQL end to end: WAL archive, logical and physical jobs, PITR, d
     assert.deepEqual([missing.code, missing.stdout, missing.stderr], [1, "", ""]);
   });
 
+  it("wal-fetch --prefetch fetches the next segments ahead; the next calls take them without the archive", async () => {
+    const dir = join(data.path, "prefetch");
+    await mkdir(join(dir, "pg_wal"), { recursive: true });
+    const names: string[] = [];
+    // Some WAL in each of three segments (in a table of its own: later tests count events' rows).
+    await query(srcUrl("postgres"), "CREATE TABLE prefetch_probe (i int)");
+    for (let i = 0; i < 3; i++) {
+      await query(srcUrl("postgres"), `INSERT INTO prefetch_probe VALUES (${i})`);
+      const [{ name }] = await query(srcUrl("postgres"), "SELECT pg_walfile_name(pg_switch_wal()) AS name");
+      await events.wait(
+        `segment ${name} archived`,
+        (x) => x.subject === "iotvault.events.wal.archived" && x.data.segment === name,
+      );
+      names.push(name);
+    }
+    const original = (name: string) => readFile(join(source.dataDir, "pg_wal", name));
+    const dest = join(dir, "pg_wal", "RECOVERYXLOG");
+    const spool = join(dir, "pg_wal", ".iotvault-prefetch");
+    const fetch = (name: string, env: NodeJS.ProcessEnv = {}) =>
+      stack.cli(["wal-fetch", "--repo", "main", "--system-id", systemId, "--prefetch", "2", name, dest], env);
+
+    const first = await fetch(names[0]!);
+    assert.equal(first.code, 0, first.stderr);
+    assert.ok((await readFile(dest)).equals(await original(names[0]!)));
+    // The filler runs in the background: it fetches the two segments after the first.
+    await waitFor(
+      async () => (await readdir(spool).catch(() => [])).filter((n) => /^[0-9A-F]{24}$/.test(n)).length === 2,
+      {
+        what: "two segments in the spool",
+        timeoutMs: 30_000,
+      },
+    );
+    assert.deepEqual((await readdir(spool)).filter((n) => /^[0-9A-F]{24}$/.test(n)).sort(), names.slice(1).sort());
+    // With the storage-gateway out of reach, the next two calls still succeed: from the spool.
+    const unreachable = { IOTVAULT_STORAGE_GATEWAY_ADDRESS: `127.0.0.1:${await freePort()}` };
+    for (const name of names.slice(1)) {
+      const r = await fetch(name, unreachable);
+      assert.deepEqual([r.code, r.stderr], [0, ""], `${name} from the spool`);
+      assert.ok((await readFile(dest)).equals(await original(name)), `${name}, byte for byte`);
+    }
+    assert.deepEqual(
+      (await readdir(spool)).filter((n) => /^[0-9A-F]{24}$/.test(n)),
+      [],
+    );
+    // A segment the spool does not hold goes to the archive, which is out of reach: fatal (126).
+    const after = await fetch(names[0]!, unreachable);
+    assert.equal(after.code, 126, after.stderr);
+    assert.equal(
+      (await stack.cli(["wal-fetch", "--repo", "main", "--system-id", systemId, "--prefetch", "x", names[0]!, dest]))
+        .code,
+      126,
+    );
+  });
+
   it("logical job: backup, whole and single-table restores into new databases, verified", async () => {
     await stack.cliJson(["job", "create", "pglog", "--source", srcUrl("iot"), "--repo", "main", "--type", "full"]);
     const run = await stack.cliJson(["backup", "pglog", "--wait"]);
@@ -282,10 +336,17 @@ describe("PostgreSQL end to end: WAL archive, logical and physical jobs, PITR, d
       `recovery_target_time=${pitrTime}`,
       "--option",
       "recover=true",
+      "--option",
+      "wal_prefetch=4",
     ]);
     const details = JSON.parse(restored.details);
     assert.equal(details.recovery.promoted, true);
-    assert.match(details.restoreCommand, /wal-fetch --repo main --system-id \d+ %f %p/);
+    assert.match(details.restoreCommand, /wal-fetch --repo main --system-id \d+ --prefetch 4 %f %p/);
+    assert.deepEqual(
+      (await readdir(join(target, "pg_wal"))).filter((n) => n.includes("iotvault")),
+      [],
+      "the prefetch spool is removed once recovery is over",
+    );
     const restoredCluster = LocalCluster.attach(target, { runDir: `${target}.run` });
     clusters.push(restoredCluster);
     await restoredCluster.start({ port: await freePort() });

@@ -28,6 +28,7 @@ import {
   type RecoveryTarget,
 } from "./recovery.js";
 import { IS_ROOT, osUserName } from "./tools.js";
+import { WAL_SPOOL_DIR, removeSpool } from "./wal-spool.js";
 import {
   DEFAULT_WAL_SEGMENT_SIZE,
   formatLsn,
@@ -79,6 +80,7 @@ export const PHYSICAL_OPTIONS = new Set([
   "recovery_target_inclusive",
   "recovery_target_timeline",
   "recovery_target_action",
+  "wal_prefetch",
 ]);
 
 function checkOptions(options: Readonly<Record<string, string>>): void {
@@ -178,7 +180,11 @@ export async function restorePhysical(
   checkOptions(options.options);
   checkTarget(options.target);
   const target = recoveryTarget(options.options);
-  const restoreCommand = options.options["restore_command"] ?? options.restoreCommand;
+  const restoreCommand = withPrefetch(
+    options.options["restore_command"] ?? options.restoreCommand,
+    options.options["wal_prefetch"],
+    options.options["restore_command"] !== undefined,
+  );
   if (!restoreCommand) {
     throw new IotvaultError("FAILED_PRECONDITION", "cannot tell how the restored server will fetch WAL", {
       hint: "give --option restore_command='... %f %p' (e.g. iotvault wal-fetch --repo R --system-id S %f %p)",
@@ -241,6 +247,25 @@ export async function restorePhysical(
   return result;
 }
 
+/**
+ * restore_command with `--prefetch N` (option wal_prefetch): the next N segments are fetched
+ * ahead while PostgreSQL replays (see wal-spool.ts). Only for the wal-fetch command iotvault
+ * builds; an operator's own restore_command says its own options.
+ */
+function withPrefetch(command: string | undefined, prefetch: string | undefined, own: boolean): string | undefined {
+  if (prefetch === undefined || prefetch === "0" || command === undefined) return command;
+  if (!/^\d+$/.test(prefetch) || Number(prefetch) > 64) {
+    throw new IotvaultError("INVALID_ARGUMENT", `wal_prefetch "${prefetch}": expected a number of segments, 0 to 64`);
+  }
+  const builtin = / wal-fetch .* %f %p$/.test(command);
+  if (own || !builtin) {
+    throw new IotvaultError("INVALID_ARGUMENT", "wal_prefetch applies to the restore_command iotvault builds", {
+      hint: "add --prefetch N to the wal-fetch of your own restore_command instead",
+    });
+  }
+  return command.replace(/ %f %p$/, ` --prefetch ${Number(prefetch)} %f %p`);
+}
+
 /** recover=true: starts the restored server and runs recovery to its target. */
 async function recover(
   repo: Repository,
@@ -260,17 +285,22 @@ async function recover(
   if (port !== "free" && (!Number.isInteger(port) || port <= 0 || port > 65535)) {
     throw new IotvaultError("INVALID_ARGUMENT", `port "${options.options["port"]}" is not a TCP port`);
   }
-  result.recovery = await runRecovery(cluster, {
-    port,
-    target: target.describe,
-    archive: {
-      repo,
-      systemId: meta.systemIdentifier,
-      timeline: meta.timeline ?? 1,
-      segmentSize: meta.walSegmentSize,
-    },
-    signal: options.signal,
-  });
+  try {
+    result.recovery = await runRecovery(cluster, {
+      port,
+      target: target.describe,
+      archive: {
+        repo,
+        systemId: meta.systemIdentifier,
+        timeline: meta.timeline ?? 1,
+        segmentSize: meta.walSegmentSize,
+      },
+      signal: options.signal,
+    });
+  } finally {
+    // Recovery is over (or failed): the segments wal-fetch --prefetch held are not needed.
+    await removeSpool(join(options.target, "pg_wal", WAL_SPOOL_DIR));
+  }
   result.details["recovery"] = { ...result.recovery, port: cluster.port };
   if (options.options["keep_running"] === "true") result.cluster = cluster;
   else await cluster.stop();

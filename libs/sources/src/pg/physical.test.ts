@@ -304,6 +304,19 @@ describe(
         }),
         (err: unknown) => isCode(err, "INVALID_ARGUMENT") && /recovery_target_tim/.test((err as Error).message),
       );
+      // wal_prefetch: a number of segments, and only for the wal-fetch command iotvault writes.
+      const builtin = "IOTVAULT_KEY_FILE=/k iotvault wal-fetch --repo main --system-id 1 %f %p";
+      for (const [options, restoreCommand, message] of [
+        [{ wal_prefetch: "lots" }, builtin, /wal_prefetch "lots"/],
+        [{ wal_prefetch: "65" }, builtin, /0 to 64/],
+        [{ wal_prefetch: "4" }, "cp /archive/%f %p", /applies to the restore_command iotvault builds/],
+        [{ wal_prefetch: "4", restore_command: builtin }, builtin, /applies to the restore_command iotvault builds/],
+      ] as const) {
+        await assert.rejects(
+          restorePhysical(s.repo, full, meta, { target: s.newDir("p"), options, restoreCommand, verify: true }),
+          (err: unknown) => isCode(err, "INVALID_ARGUMENT") && message.test((err as Error).message),
+        );
+      }
     });
   },
 );
