@@ -30,6 +30,7 @@ const USAGE = `usage: node bench/dist/pg.js [options]
   --keep           keep the work directory
   --no-pgbackrest  iotvault only
   --no-logical     skip pg_dump and the logical backup
+  --no-replay      skip the recoveries through the WAL archive (with and without wal-fetch --prefetch)
   --profile DIR    run the services with --cpu-prof, profiles written to DIR when they stop`;
 
 interface Options {
@@ -40,6 +41,7 @@ interface Options {
   keep: boolean;
   pgbackrest: boolean;
   logical: boolean;
+  replay: boolean;
   profileDir: string | undefined;
 }
 
@@ -53,6 +55,7 @@ function options(): Options {
       keep: { type: "boolean", default: false },
       "no-pgbackrest": { type: "boolean", default: false },
       "no-logical": { type: "boolean", default: false },
+      "no-replay": { type: "boolean", default: false },
       profile: { type: "string" },
       help: { type: "boolean", default: false },
     },
@@ -69,6 +72,7 @@ function options(): Options {
     keep: values.keep,
     pgbackrest: !values["no-pgbackrest"],
     logical: !values["no-logical"],
+    replay: !values["no-replay"],
     profileDir: values.profile === undefined ? undefined : resolve(values.profile),
   };
 }
@@ -256,6 +260,12 @@ async function main(): Promise<void> {
     const push = await timedWalPush(stack, cluster, keyFile);
     bench.note("wal-push of one 16 MiB segment (CLI process)", push);
 
+    // ---------------------------------------------------------------- point-in-time recovery: WAL replay
+    if (o.replay) {
+      const incrSnapshot = (incr.json as { snapshotId: string }).snapshotId;
+      await replay(bench, stack, cluster, pgbench, incrSnapshot, w, o.reps);
+    }
+
     // ---------------------------------------------------------------- logical
     if (o.logical) await logical(bench, stack, cluster, w, o.reps);
 
@@ -335,6 +345,44 @@ function pgBackRest(w: string, cluster: LocalCluster) {
 }
 
 /** Waits until no WAL segment waits for archive_command (at most 10 minutes). */
+/**
+ * Recovery through the archive: traffic archived by iotvault's wal-push after the incremental
+ * backup, then restores of that backup with recover=true to the end of the WAL, each step
+ * alternating restore_command without and with `--prefetch 8` (option wal_prefetch). The
+ * figure is the server's recovery (restore_command calls and replay), from the restore's details.
+ */
+async function replay(
+  bench: Bench,
+  stack: BenchStack,
+  cluster: LocalCluster,
+  pgbench: (args: string[]) => unknown,
+  snapshot: string,
+  w: string,
+  reps: number,
+): Promise<void> {
+  const before = Number((await sql(cluster, "SELECT archived_count::int8 AS n FROM pg_stat_archiver"))[0]!["n"]);
+  pgbench(["-c", "2", "-j", "2", "-T", "6", "-n", "postgres"]);
+  await sql(cluster, "SELECT pg_switch_wal()");
+  await archiverIdle(cluster);
+  const after = Number((await sql(cluster, "SELECT archived_count::int8 AS n FROM pg_stat_archiver"))[0]!["n"]);
+  bench.results["replay segments archived after the incremental"] = after - before;
+  process.stderr.write(`recovery over ${after - before} archived segments ...\n`);
+  for (let rep = 0; rep < reps; rep++) {
+    for (const prefetch of rep % 2 ? [8, 0] : [0, 8]) {
+      const target = join(w, "restore-replay");
+      rmSync(target, { recursive: true, force: true });
+      syncDisks();
+      const options = ["--option", "recover=true", ...(prefetch ? ["--option", `wal_prefetch=${prefetch}`] : [])];
+      const r = await stack.cli(["restore", snapshot, "--to", target, ...options]);
+      const details = JSON.parse((r.json as { details: string }).details) as { recovery: { durationMs: number } };
+      const label = prefetch ? `iotvault recovery, wal-fetch --prefetch ${prefetch}` : "iotvault recovery, wal-fetch";
+      bench.note(`${label} (server start to promoted)`, details.recovery.durationMs);
+      bench.note(`${label}: restore and recovery (CLI)`, r.wallMs);
+      rmSync(target, { recursive: true, force: true });
+    }
+  }
+}
+
 async function archiverIdle(cluster: LocalCluster): Promise<void> {
   const deadline = Date.now() + 600_000;
   while (Date.now() < deadline) {
