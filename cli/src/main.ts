@@ -120,7 +120,8 @@ async function main(argv: string[]): Promise<number> {
   try {
     // restore_command with --prefetch: a segment fetched ahead is moved into place before
     // anything heavier than this module loads.
-    const spooled = command === "wal-fetch" ? await (await import("./wal-fetch.js")).fetchFromSpool(rest) : undefined;
+    const prefetching = command === "wal-fetch" && rest.some((a) => a.startsWith("--prefetch"));
+    const spooled = prefetching ? await (await import("./wal-fetch.js")).fetchFromSpool(rest) : undefined;
     if (spooled !== undefined) {
       if (json) process.stdout.write(JSON.stringify({ name: spooled, restored: true, prefetched: true }) + "\n");
       return 0;
