@@ -28,8 +28,9 @@ import {
 } from "./wal-spool.js";
 
 const SYSID = "7441234567890123456";
-const seg = (n: number, timeline = 1) =>
-  `${timeline.toString(16).toUpperCase().padStart(8, "0")}00000000${n.toString(16).toUpperCase().padStart(8, "0")}`;
+const hex8 = (n: number) => n.toString(16).toUpperCase().padStart(8, "0");
+/** Segment `n` of WAL log 0 (or of `log`), on a timeline. */
+const seg = (n: number, timeline = 1, log = 0) => `${hex8(timeline)}${hex8(log)}${hex8(n)}`;
 
 /** A WAL segment's first bytes (long page header with the system id), then content of its own. */
 function segmentBytes(n: number): Buffer {
@@ -101,6 +102,40 @@ describe("wal-fetch's prefetch spool", () => {
       assert.equal(await takeFromSpool(spool, seg(6), dest), false, "not held");
       assert.deepEqual(await readdir(spool), [], "everything before the position asked for is dropped");
       assert.equal(await takeFromSpool(spool, "00000002.history", dest), false, "only segments are held");
+    });
+  });
+
+  it("goes on into the next WAL log, and lists only the logs it needs", async () => {
+    await withArchive([0xfe, 0xff], async ({ repo, dir, spool }) => {
+      for (const [n, log] of [
+        [0, 1],
+        [1, 1],
+        [5, 3], // after a log without segments: not reached
+      ] as const) {
+        await writeFile(join(dir, seg(n, 1, log)), segmentBytes(n));
+        await walPush(repo, join(dir, seg(n, 1, log)), { systemId: SYSID });
+      }
+      const listed: string[] = [];
+      const counting = {
+        ...repo,
+        getSealedObject: repo.getSealedObject.bind(repo),
+        listSealedObjects: (prefix: string) => {
+          listed.push(prefix);
+          return repo.listSealedObjects(prefix);
+        },
+      } as unknown as Repository;
+      const r = await fillSpool(counting, { spool, after: seg(0xfe), systemId: SYSID, count: 8 });
+      assert.deepEqual(r.fetched, [seg(0xff), seg(0, 1, 1), seg(1, 1, 1)]);
+      assert.deepEqual(listed, [
+        `wal/${SYSID}/00000001/0000000100000000`,
+        `wal/${SYSID}/00000001/0000000100000001`,
+        `wal/${SYSID}/00000001/0000000100000002`,
+      ]);
+      // From the last segment of a log: nothing after it in its own log, the next log's follow.
+      await rm(spool, { recursive: true });
+      await mkdir(spool);
+      const last = await fillSpool(repo, { spool, after: seg(0xff), systemId: SYSID, count: 8 });
+      assert.deepEqual(last.fetched, [seg(0, 1, 1), seg(1, 1, 1)]);
     });
   });
 

@@ -15,8 +15,9 @@
  *   name, fsync'ed, renamed (walFetch). It was decrypted and authenticated when fetched, and an
  *   archived name never changes content (wal-push refuses that), so a held segment is the
  *   archived one.
- * - One filler at a time: `.filler.lock` holds its pid; a lock whose process is gone is taken
- *   over. The filler stops when the spool directory disappears (the restore is over).
+ * - One filler at a time: `.filler.lock` holds its pid; a lock whose process is gone (or is no
+ *   filler: a reused pid) is taken over. The filler stops when the spool directory disappears
+ *   (the restore is over).
  * - Segments before the one PostgreSQL asks for are dropped from the spool on every call.
  * - Anything wrong with the spool (missing, unwritable, a failed filler: see `.filler.log`)
  *   only means the segment is fetched from the archive as without prefetch.
@@ -26,7 +27,7 @@ import { copyFile, open } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { randomBytes } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
-import { listWal, timelineOf, walFetch, type WalRepository } from "./wal.js";
+import { walFetch, walPrefix, type WalRepository } from "./wal.js";
 
 /** The spool's directory name, beside the destination of restore_command (%p). */
 export const WAL_SPOOL_DIR = ".iotvault-prefetch";
@@ -163,19 +164,38 @@ export async function fillSpool(
   const fetched: string[] = [];
   try {
     for (const n of readdirSync(spool)) if (n.includes(".iotvault-")) rmSync(join(spool, n), { force: true });
-    const timeline = timelineOf(after);
-    const wanted = (await listWal(repo, systemId))
-      .filter((o) => o.kind === "segment" && o.timeline === timeline && o.name > after)
-      .slice(0, count);
-    for (const o of wanted) {
+    for (const name of await segmentsAfter(repo, systemId, after, count)) {
       if (!exists(spool)) break; // the restore is over
-      if (exists(join(spool, o.name))) continue;
-      if (await walFetch(repo, o.name, join(spool, o.name), { systemId })) fetched.push(o.name);
+      if (exists(join(spool, name))) continue;
+      if (await walFetch(repo, name, join(spool, name), { systemId })) fetched.push(name);
     }
   } finally {
     rmSync(join(spool, SPOOL_LOCK), { force: true });
   }
   return { fetched, ran: true };
+}
+
+/**
+ * The first `count` archived segments after `after` on its timeline. Listed one WAL log (the
+ * segments whose names share their first 16 characters: 4 GiB of WAL) at a time, from the
+ * one of `after`, so that a filler never lists a whole archive of months of WAL.
+ */
+async function segmentsAfter(repo: WalRepository, systemId: string, after: string, count: number): Promise<string[]> {
+  const timeline = after.slice(0, 8);
+  const found: string[] = [];
+  const first = Number.parseInt(after.slice(8, 16), 16);
+  for (let log = first; found.length < count && log <= 0xffffffff; log++) {
+    const prefix = `${walPrefix(systemId)}${timeline}/${timeline}${log.toString(16).toUpperCase().padStart(8, "0")}`;
+    const names: string[] = [];
+    for await (const o of repo.listSealedObjects(prefix)) {
+      const name = o.key.slice(o.key.lastIndexOf("/") + 1);
+      if (SEGMENT.test(name) && name > after) names.push(name);
+    }
+    // A later log without segments ends the search (the archive ends there, or has a hole).
+    if (names.length === 0 && log > first) break;
+    found.push(...names.sort());
+  }
+  return found.slice(0, count);
 }
 
 function exists(path: string): boolean {
