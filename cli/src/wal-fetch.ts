@@ -8,14 +8,19 @@ import { spawn } from "node:child_process";
 import { closeSync, mkdirSync, openSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { IotvaultError } from "@iotvault/errors";
-import { FILL_FLAG, SPOOL_LOG, defaultSpool, fillerPid, spoolAhead, takeFromSpool } from "@iotvault/sources/wal-spool";
+import {
+  FILL_FLAG,
+  MAX_PREFETCH,
+  SPOOL_LOG,
+  defaultSpool,
+  fillerPid,
+  spoolAhead,
+  takeFromSpool,
+} from "@iotvault/sources/wal-spool";
 import { flag, parse, required, str } from "./args.js";
 
 export const WAL_FETCH_USAGE =
   "iotvault wal-fetch <file name (%f)> <destination (%p)> --repo R --system-id S [--prefetch N] [--spool DIR]";
-
-/** The most segments asked ahead (16 MiB each in the spool). */
-export const MAX_PREFETCH = 64;
 
 export interface WalFetchArgs {
   name: string;

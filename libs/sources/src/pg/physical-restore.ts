@@ -28,7 +28,7 @@ import {
   type RecoveryTarget,
 } from "./recovery.js";
 import { IS_ROOT, osUserName } from "./tools.js";
-import { WAL_SPOOL_DIR, removeSpool } from "./wal-spool.js";
+import { MAX_PREFETCH, WAL_SPOOL_DIR, removeSpool } from "./wal-spool.js";
 import {
   DEFAULT_WAL_SEGMENT_SIZE,
   formatLsn,
@@ -254,8 +254,11 @@ export async function restorePhysical(
  */
 function withPrefetch(command: string | undefined, prefetch: string | undefined, own: boolean): string | undefined {
   if (prefetch === undefined || prefetch === "0" || command === undefined) return command;
-  if (!/^\d+$/.test(prefetch) || Number(prefetch) > 64) {
-    throw new IotvaultError("INVALID_ARGUMENT", `wal_prefetch "${prefetch}": expected a number of segments, 0 to 64`);
+  if (!/^\d+$/.test(prefetch) || Number(prefetch) > MAX_PREFETCH) {
+    throw new IotvaultError(
+      "INVALID_ARGUMENT",
+      `wal_prefetch "${prefetch}": expected a number of segments, 0 to ${MAX_PREFETCH}`,
+    );
   }
   const builtin = / wal-fetch .* %f %p$/.test(command);
   if (own || !builtin) {

@@ -22,12 +22,11 @@
  * - Anything wrong with the spool (missing, unwritable, a failed filler: see `.filler.log`)
  *   only means the segment is fetched from the archive as without prefetch.
  */
-import { closeSync, openSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
-import { copyFile, open } from "node:fs/promises";
-import { basename, dirname, join } from "node:path";
-import { randomBytes } from "node:crypto";
+import { closeSync, existsSync, openSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { readFile } from "node:fs/promises";
+import { dirname, join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { walFetch, walPrefix, type WalRepository } from "./wal.js";
+import { walFetch, walPrefix, writeFileSynced, type WalRepository } from "./wal.js";
 
 /** The spool's directory name, beside the destination of restore_command (%p). */
 export const WAL_SPOOL_DIR = ".iotvault-prefetch";
@@ -37,6 +36,9 @@ export const SPOOL_LOCK = ".filler.lock";
 export const SPOOL_LOG = ".filler.log";
 
 const SEGMENT = /^[0-9A-F]{24}$/;
+
+/** The most segments fetched ahead (16 MiB each in the spool). */
+export const MAX_PREFETCH = 64;
 
 /** The spool for a restore_command destination: `<dirname(%p)>/.iotvault-prefetch`. */
 export function defaultSpool(dest: string): string {
@@ -77,20 +79,11 @@ export async function takeFromSpool(spool: string, name: string, dest: string): 
     if (code !== "EXDEV") return false;
   }
   // A spool given on another file system: copied, synced and renamed into place.
-  const temp = join(dirname(dest), `.${basename(dest)}.iotvault-${randomBytes(4).toString("hex")}`);
   try {
-    await copyFile(held, temp);
-    const fh = await open(temp, "r+");
-    try {
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    renameSync(temp, dest);
+    await writeFileSynced(dest, await readFile(held));
     rmSync(held, { force: true });
     return true;
   } catch {
-    rmSync(temp, { force: true });
     return false;
   }
 }
@@ -165,8 +158,8 @@ export async function fillSpool(
   try {
     for (const n of readdirSync(spool)) if (n.includes(".iotvault-")) rmSync(join(spool, n), { force: true });
     for (const name of await segmentsAfter(repo, systemId, after, count)) {
-      if (!exists(spool)) break; // the restore is over
-      if (exists(join(spool, name))) continue;
+      if (!existsSync(spool)) break; // the restore is over
+      if (existsSync(join(spool, name))) continue;
       if (await walFetch(repo, name, join(spool, name), { systemId })) fetched.push(name);
     }
   } finally {
@@ -196,15 +189,6 @@ async function segmentsAfter(repo: WalRepository, systemId: string, after: strin
     found.push(...names.sort());
   }
   return found.slice(0, count);
-}
-
-function exists(path: string): boolean {
-  try {
-    statSync(path);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** Stops the spool's filler (SIGTERM, then SIGKILL after `graceMs`) and removes the spool. */

@@ -223,6 +223,21 @@ export async function walFetch(
     if (isNotFound(err)) return false;
     throw err;
   }
+  try {
+    await writeFileSynced(dest, data);
+  } catch (err) {
+    throw new IotvaultError("FAILED_PRECONDITION", `cannot write ${dest}: ${(err as Error).message}`, {
+      hint: "restore_command runs in the data directory as the server's OS user; check its permissions",
+    });
+  }
+  return true;
+}
+
+/**
+ * Writes `data` to `dest` durably: a temporary name beside it, fsync, rename. A reader never
+ * sees a partial file under `dest`; the temporary file is removed when anything fails.
+ */
+export async function writeFileSynced(dest: string, data: Uint8Array): Promise<void> {
   const temp = join(dirname(dest), `.${basename(dest)}.iotvault-${randomBytes(4).toString("hex")}`);
   try {
     const fh = await open(temp, "wx", 0o600);
@@ -235,11 +250,8 @@ export async function walFetch(
     renameSync(temp, dest);
   } catch (err) {
     rmSync(temp, { force: true });
-    throw new IotvaultError("FAILED_PRECONDITION", `cannot write ${dest}: ${(err as Error).message}`, {
-      hint: "restore_command runs in the data directory as the server's OS user; check its permissions",
-    });
+    throw err;
   }
-  return true;
 }
 
 // ------------------------------------------------------------------------------------------- listing, prune, chains
