@@ -17,7 +17,8 @@
  * await repo.close();
  * ```
  */
-export { Repository, type RepositoryOptions } from "./repository.js";
+export { Repository, workerThreadsOf, type RepositoryOptions } from "./repository.js";
+export { keepWorkerThreadsReady } from "./workers.js";
 export {
   LOCAL_FILE_MAX_BYTES,
   type AddFileOptions,

@@ -105,6 +105,16 @@ const BACKUP_LOCK_PURPOSE = "backup ";
 
 const PACK_SIZE_LIMITS = { min: 64 * 1024, max: 1024 * 1024 * 1024 } as const;
 
+/**
+ * The worker threads an operation of a repository opened with this `workers` option uses
+ * (0 = one per core): 0 when it works in the calling thread (one worker). For services that
+ * keep threads ready (keepWorkerThreadsReady).
+ */
+export function workerThreadsOf(workers: number | undefined): number {
+  const n = !workers ? availableParallelism() : workers;
+  return n > 1 ? n : 0;
+}
+
 function resolveOptions(o: RepositoryOptions): ResolvedOptions {
   const packSizeBytes = o.packSizeBytes ?? DEFAULT_PACK_SIZE;
   if (
@@ -301,9 +311,10 @@ export class Repository {
     locks: RepoLocks,
   ): Repository {
     const core = new RepoCore(store, config, keyring, masterKey, options, openedSlot);
+    const threads = workerThreadsOf(options.workers);
     const sealer =
-      options.workers > 1
-        ? new WorkerSealer(options.workers, options.compressionLevel, keyring.macKey)
+      threads > 0
+        ? new WorkerSealer(threads, options.compressionLevel, keyring.macKey)
         : new InlineSealer(options.compressionLevel, keyring.macKey);
     return new Repository(core, sealer, locks);
   }

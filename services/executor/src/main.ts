@@ -7,7 +7,7 @@
 import { Bus } from "@iotvault/bus";
 import { loadConfig, readRepositorySecret, repositoryOptionsOf } from "@iotvault/config";
 import { BackupRequested, STREAMS, SUBJECTS, StorageGatewayServiceClient } from "@iotvault/proto";
-import { Repository } from "@iotvault/repo";
+import { Repository, keepWorkerThreadsReady, workerThreadsOf } from "@iotvault/repo";
 import { GatewayObjectStore, callUnary, createClient, startGrpcServer } from "@iotvault/rpc";
 import { createLogger, startTelemetry, exitOnStartupError } from "@iotvault/telemetry";
 import { announceDeadLetteredRun, runBackup } from "./backup-run.js";
@@ -15,6 +15,8 @@ import { announceDeadLetteredRun, runBackup } from "./backup-run.js";
 async function main(): Promise<void> {
   const config = loadConfig(process.env);
   const logger = createLogger({ service: "executor", level: config.log.level });
+  // The next operation's worker threads start now rather than when it arrives (IOTVAULT_WORKERS=1: none).
+  keepWorkerThreadsReady(workerThreadsOf(repositoryOptionsOf(config).workers));
   const telemetry = startTelemetry({
     serviceName: "executor",
     spansDir: config.telemetry.keepSpans ? config.paths.traces : undefined,

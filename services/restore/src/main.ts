@@ -17,7 +17,7 @@ import {
   type VerifyRequest,
   type VerifyResponse,
 } from "@iotvault/proto";
-import { Repository } from "@iotvault/repo";
+import { Repository, keepWorkerThreadsReady, workerThreadsOf } from "@iotvault/repo";
 import { GatewayObjectStore, callUnary, createClient, serverStream, startGrpcServer, unary } from "@iotvault/rpc";
 import { createLogger, startTelemetry, exitOnStartupError, type Logger } from "@iotvault/telemetry";
 import { restoreOperation, verifyOperation, type OperationDeps } from "./operations.js";
@@ -28,6 +28,8 @@ import { gatewayRestoreCommand, type WalFetchCommand } from "@iotvault/sources";
 async function main(): Promise<void> {
   const config = loadConfig(process.env);
   const logger = createLogger({ service: "restore", level: config.log.level });
+  // The next operation's worker threads start now rather than when it arrives (IOTVAULT_WORKERS=1: none).
+  keepWorkerThreadsReady(workerThreadsOf(repositoryOptionsOf(config).workers));
   const telemetry = startTelemetry({
     serviceName: "restore",
     spansDir: config.telemetry.keepSpans ? config.paths.traces : undefined,
