@@ -330,7 +330,7 @@ let readyWanted = 0;
  * to start and load the pipeline). A thread that has worked is never handed out again (it ends
  * with its repository: what an operation made it allocate leaves with it); the ready ones are
  * topped up when a repository closes. 0 ends the ready threads. They never keep the process
- * alive. Costs ~12 MiB of memory per ready thread.
+ * alive. Costs ~8-12 MiB of memory per ready thread.
  */
 export function keepWorkerThreadsReady(count: number): void {
   if (!Number.isInteger(count) || count < 0 || count > 64) {
