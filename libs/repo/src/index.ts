@@ -32,7 +32,7 @@ export type { LocalFileStat } from "./pipeline-core.js";
 export type { FileReader, ReadAheadOptions } from "./read-ahead.js";
 export type { BackupStatsInfo, BackupTypeName, SnapshotManifest, SnapshotMeta, TreeRef } from "./snapshot.js";
 export { snapshotGroupId } from "./snapshot.js";
-export { comparePaths, unsafePathReason, type NodeType, type TreeNode } from "./tree.js";
+export { compareUtf8, comparePaths, unsafePathReason, type NodeType, type TreeNode } from "./tree.js";
 export type { VerifyOptions, VerifyProblem, VerifyProblemKind, VerifyProgressInfo, VerifyReport } from "./verify.js";
 export { FORMAT_VERSION } from "./format.js";
 export { SEALED_PREFIXES, type SealedPutResult } from "./sealed-objects.js";

@@ -112,16 +112,44 @@ export function unsafePathReason(path: string): string | undefined {
 }
 
 /**
+ * Compares two strings as Buffer.compare compares their UTF-8 bytes, without encoding them:
+ * UTF-16 code units are in code point order (which is UTF-8's byte order) except where a
+ * surrogate meets U+E000-U+FFFF, and there (or for a lone surrogate, which UTF-8 encodes as
+ * U+FFFD) the bytes decide. Sorting names and merging walks compare every name many times.
+ */
+export function compareUtf8(a: string, b: string): number {
+  if (a === b) return 0;
+  const n = Math.min(a.length, b.length);
+  for (let i = 0; i < n; i++) {
+    const x = a.charCodeAt(i);
+    const y = b.charCodeAt(i);
+    if (x === y) continue;
+    if ((x & 0xf800) === 0xd800 || (y & 0xf800) === 0xd800) {
+      return Buffer.compare(Buffer.from(a, "utf8"), Buffer.from(b, "utf8"));
+    }
+    return x - y;
+  }
+  // One is a prefix of the other: the shorter comes first (also when it ends inside a surrogate
+  // pair of the longer: alone, that unit is U+FFFD, EF BF BD, below the pair's F0-F4 lead byte).
+  return a.length - b.length;
+}
+
+/**
  * Orders paths as a depth-first walk with siblings sorted by the bytes of their names
  * (parents before children). Sources add nodes in this order; merge-joins rely on it.
  */
 export function comparePaths(a: string, b: string): number {
-  const as = a.split("/");
-  const bs = b.split("/");
-  const n = Math.min(as.length, bs.length);
-  for (let i = 0; i < n; i++) {
-    const c = Buffer.compare(Buffer.from(as[i]!, "utf8"), Buffer.from(bs[i]!, "utf8"));
+  if (a === b) return 0;
+  let i = 0;
+  let j = 0;
+  for (;;) {
+    const endA = a.indexOf("/", i);
+    const endB = b.indexOf("/", j);
+    const c = compareUtf8(a.slice(i, endA < 0 ? a.length : endA), b.slice(j, endB < 0 ? b.length : endB));
     if (c !== 0) return c;
+    // Equal so far: the path with fewer segments comes first.
+    if (endA < 0 || endB < 0) return (endA < 0 ? 0 : 1) - (endB < 0 ? 0 : 1);
+    i = endA + 1;
+    j = endB + 1;
   }
-  return as.length - bs.length;
 }

@@ -13,6 +13,7 @@
 import { readdir } from "node:fs/promises";
 import { lstatSync, type BigIntStats } from "node:fs";
 import { join } from "node:path";
+import { compareUtf8 } from "@iotvault/repo";
 
 export type EntryKind = "dir" | "file" | "symlink" | "other";
 
@@ -38,10 +39,6 @@ export function kindOf(stat: BigIntStats): EntryKind {
   return "other";
 }
 
-export function byNameBytes(a: string, b: string): number {
-  return Buffer.compare(Buffer.from(a, "utf8"), Buffer.from(b, "utf8"));
-}
-
 async function listDir(abs: string, rel: string, hooks: WalkHooks): Promise<WalkEntry[]> {
   let raw: Buffer[];
   try {
@@ -63,7 +60,7 @@ async function listDir(abs: string, rel: string, hooks: WalkHooks): Promise<Walk
       );
     }
   }
-  names.sort(byNameBytes);
+  names.sort(compareUtf8); // by the names' UTF-8 bytes
   const entries: WalkEntry[] = [];
   for (const name of names) {
     const path = rel === "" ? name : `${rel}/${name}`;

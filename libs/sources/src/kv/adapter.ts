@@ -14,7 +14,7 @@
 import { createHash } from "node:crypto";
 import { Kvm, type KV, type KvEntry } from "@nats-io/kv";
 import { IotvaultError, toIotvaultError } from "@iotvault/errors";
-import type { TreeNode } from "@iotvault/repo";
+import { compareUtf8, type TreeNode } from "@iotvault/repo";
 import type {
   BackupContext,
   BackupSourceResult,
@@ -79,7 +79,7 @@ async function openBucket(services: Readonly<Record<string, unknown>>, bucket: s
 }
 
 const sha256 = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
-const byBytes = (a: string, b: string) => Buffer.compare(Buffer.from(a), Buffer.from(b));
+const byBytes = compareUtf8;
 
 async function* once(bytes: Uint8Array): AsyncGenerator<Uint8Array> {
   yield bytes;
