@@ -114,7 +114,7 @@ export async function stackUp(
     log(`starting ${name} on ${address}`);
     startDetached({
       command: process.execPath,
-      args: [...serviceNodeFlags(name), entry],
+      args: [...serviceNodeFlags(name, env), entry],
       env: serviceEnv(config, name, env),
       logFile: join(config.paths.logs, `${name}.log`),
       pidFile: pidFile(config, name),

@@ -76,7 +76,7 @@ describe("deploy/compose.yaml (single node)", () => {
     const common = argv.slice(argv.indexOf("node") + 1);
     for (const s of IOTVAULT) {
       const command = compose.services[s].command as string[];
-      assert.deepEqual([...common, ...command.slice(0, -1)], serviceNodeFlags(s), s);
+      assert.deepEqual([...common, ...command.slice(0, -1)], serviceNodeFlags(s, {}), s);
     }
   });
 

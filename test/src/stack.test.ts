@@ -87,11 +87,18 @@ describe("iotvault stack (embedded default)", { timeout: 300_000 }, () => {
         1,
         argv.findIndex((a) => a.endsWith("main.js")),
       );
-      assert.deepEqual(options, serviceNodeFlags(c.name), `${c.name}: ${argv.join(" ")}`);
+      assert.deepEqual(options, serviceNodeFlags(c.name, env), `${c.name}: ${argv.join(" ")}`);
     }
     assert.ok(serviceNodeFlags("storage-gateway").includes("--initial-heap-size=128"));
     assert.ok(serviceNodeFlags("executor").includes("--initial-heap-size=128"));
     assert.ok(!serviceNodeFlags("restore").some((f) => f.startsWith("--initial-heap-size")));
+    // Source maps only when debugging (each service keeps every module's map in memory otherwise).
+    assert.deepEqual(serviceNodeFlags("restore", {}), []);
+    assert.deepEqual(serviceNodeFlags("executor", {}), ["--initial-heap-size=128"]);
+    assert.deepEqual(serviceNodeFlags("executor", { IOTVAULT_DEBUG: "1" }), [
+      "--enable-source-maps",
+      "--initial-heap-size=128",
+    ]);
     // The private PostgreSQL wants a password over TCP (no trust authentication).
     const anonymous = new pg.Client({
       host: "127.0.0.1",

@@ -6,7 +6,8 @@ import { IotvaultError } from "@iotvault/errors";
 
 /**
  * The Node options of an iotvault service, wherever it is started: `iotvault stack up`, deploy/
- * (the Dockerfile's entrypoint and compose.yaml), the test and bench stacks.
+ * (the Dockerfile's entrypoint and compose.yaml: no IOTVAULT_DEBUG there), the test and bench
+ * stacks. `env` decides the debug options (IOTVAULT_DEBUG: source maps, below).
  *
  * The storage-gateway and the executor also run with --initial-heap-size=128 (MB): V8 sets a
  * heap's first old-generation limit from it. Both hold a small heap (~20-35 MB live) while
@@ -17,12 +18,20 @@ import { IotvaultError } from "@iotvault/errors";
  * held the workers back; with 128 MB ~20, and the backups took 0.6-1 s less). The price is
  * garbage kept longer: 20-40 MiB more resident memory per process. docs/performance.md.
  */
-export function serviceNodeFlags(service: string): readonly string[] {
-  return LARGER_FIRST_HEAP.has(service) ? [...BASE_NODE_FLAGS, "--initial-heap-size=128"] : BASE_NODE_FLAGS;
+export function serviceNodeFlags(service: string, env: NodeJS.ProcessEnv = process.env): readonly string[] {
+  const base = env["IOTVAULT_DEBUG"] ? DEBUG_NODE_FLAGS : [];
+  return LARGER_FIRST_HEAP.has(service) ? [...base, "--initial-heap-size=128"] : base;
 }
 
 const LARGER_FIRST_HEAP = new Set(["storage-gateway", "executor"]);
-const BASE_NODE_FLAGS: readonly string[] = ["--enable-source-maps"];
+/**
+ * With IOTVAULT_DEBUG set (as for the CLI), stack traces in the services' logs name the
+ * TypeScript sources. Not by default: Node then reads and keeps the source map of every module
+ * it loads, in every thread: 8-19 MiB more resident memory per idle service (the executor and
+ * the restore service the most) and ~0.1 s more to start. NODE_OPTIONS=--enable-source-maps
+ * does the same where the services are started otherwise (the image).
+ */
+const DEBUG_NODE_FLAGS: readonly string[] = ["--enable-source-maps"];
 
 /** True when something accepts TCP connections at host:port within the timeout. */
 export function isPortOpen(host: string, port: number, timeoutMs = 1000): Promise<boolean> {
