@@ -12,29 +12,42 @@
  * await restoreToDirectory(repo, snapshot, { target: "/tmp/restore", verify: true });
  * ```
  */
+// What the services use (no semantic libraries): the registry, files, PostgreSQL recovery and drills.
 export {
   backupDirectory,
+  drillPostgres,
+  gatewayRestoreCommand,
+  isPgSnapshot,
+  pgMetadataOf,
+  registerSourceAdapter,
+  restoreToDirectory,
+  sourceAdapterFor,
+  sourceSchemes,
+  validateSourceUrl,
+  type BackupContext,
   type BackupDirectoryOptions,
   type BackupDirectoryResult,
-  type FsProgress,
-  type FsWarning,
-} from "./fs/backup.js";
-export { restoreToDirectory, type RestoreDirectoryOptions, type RestoreDirectoryResult } from "./fs/restore.js";
+  type BackupKind,
+  type BackupSourceResult,
+  type DrillCheckResult,
+  type PgDrillOptions,
+  type PgDrillResult,
+  type PgSnapshotMetadata,
+  type RecoveryOutcome,
+  type RecoveryPoint,
+  type RestoreContext,
+  type RestoreDirectoryOptions,
+  type RestoreDirectoryResult,
+  type RestoreTargetResult,
+  type SourceAdapter,
+  type SourceJob,
+  type SourceProgress,
+  type SourceWarning,
+  type WalFetchCommand,
+} from "./core.js";
+export { type FsProgress, type FsWarning } from "./fs/backup.js";
 export { parseSourceUrl } from "./fs/url.js";
-export type {
-  BackupContext,
-  BackupKind,
-  BackupSourceResult,
-  RestoreContext,
-  RestoreTargetResult,
-  SourceAdapter,
-  SourceJob,
-  SourceProgress,
-  SourceWarning,
-  RecoveryPoint,
-} from "./adapter.js";
 export { fsAdapter } from "./adapters/fs.js";
-export { registerSourceAdapter, sourceAdapterFor, sourceSchemes, validateSourceUrl } from "./registry.js";
 export { compileGlobs } from "./fs/globs.js";
 export { rdfAdapter } from "./rdf/adapter.js";
 export { rulesAdapter } from "./rules/adapter.js";
@@ -96,7 +109,6 @@ export {
   type WalPushResult,
   type WalRepository,
 } from "./pg/wal.js";
-export { gatewayRestoreCommand, shellQuote, type RecoveryOutcome, type WalFetchCommand } from "./pg/recovery.js";
-export { drillPostgres, type DrillCheckResult, type PgDrillOptions, type PgDrillResult } from "./pg/drill.js";
-export { isPgSnapshot, pgMetadataOf, type PgSnapshotMetadata, type TableRecord } from "./pg/metadata.js";
+export { shellQuote } from "./pg/recovery.js";
+export { type TableRecord } from "./pg/metadata.js";
 export { LocalCluster, freeLoopbackPort, type ClusterOptions } from "./pg/cluster.js";

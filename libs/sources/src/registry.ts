@@ -5,20 +5,57 @@
 import { IotvaultError } from "@iotvault/errors";
 import type { SourceAdapter } from "./adapter.js";
 import { fsAdapter } from "./adapters/fs.js";
-import { configAdapter } from "./config/adapter.js";
-import { kvAdapter } from "./kv/adapter.js";
-import { rdfAdapter } from "./rdf/adapter.js";
-import { rulesAdapter } from "./rules/adapter.js";
-import { sparqlAdapter } from "./sparql/adapter.js";
+import { parseKvUrl } from "./kv/url.js";
 import { pgAdapter } from "./pg/adapter.js";
+import { parsePathUrl } from "./rdf/url.js";
+import { parseSparqlUrl } from "./sparql/url.js";
+
+/**
+ * An adapter whose module loads on its first backup or restore. The semantic sources (rdf:,
+ * rules:, config:, sparql:, and kv:, which keeps a semantic catalog) bring the RDF stack (n3,
+ * jsonld, rdf-canonize, oxigraph: ~27 MiB in every process that loads it); a service that only
+ * backs up files or PostgreSQL never loads it. Checking a URL loads nothing.
+ */
+function onFirstUse(
+  schemes: readonly string[],
+  validate: (url: string) => void,
+  load: () => Promise<SourceAdapter>,
+): SourceAdapter {
+  return {
+    schemes,
+    validate,
+    backup: async (ctx) => (await load()).backup(ctx),
+    restore: async (ctx) => (await load()).restore(ctx),
+  };
+}
 
 const ADAPTERS: SourceAdapter[] = [
   fsAdapter,
-  rdfAdapter,
-  rulesAdapter,
-  configAdapter,
-  kvAdapter,
-  sparqlAdapter,
+  onFirstUse(
+    ["rdf"],
+    (url) => void parsePathUrl(url, "rdf"),
+    async () => (await import("./rdf/adapter.js")).rdfAdapter,
+  ),
+  onFirstUse(
+    ["rules"],
+    (url) => void parsePathUrl(url, "rules"),
+    async () => (await import("./rules/adapter.js")).rulesAdapter,
+  ),
+  onFirstUse(
+    ["config"],
+    (url) => void parsePathUrl(url, "config"),
+    async () => (await import("./config/adapter.js")).configAdapter,
+  ),
+  onFirstUse(
+    ["kv"],
+    (url) => void parseKvUrl(url),
+    async () => (await import("./kv/adapter.js")).kvAdapter,
+  ),
+  onFirstUse(
+    ["sparql+http", "sparql+https"],
+    (url) => void parseSparqlUrl(url),
+    async () => (await import("./sparql/adapter.js")).sparqlAdapter,
+  ),
   pgAdapter,
 ];
 

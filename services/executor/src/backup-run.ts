@@ -31,7 +31,7 @@ import {
   type SnapshotManifest,
 } from "@iotvault/repo";
 import type { ObjectStore } from "@iotvault/storage";
-import { sourceAdapterFor, type RecoveryPoint } from "@iotvault/sources";
+import { sourceAdapterFor, type RecoveryPoint } from "@iotvault/sources/core";
 import type { Logger } from "@iotvault/telemetry";
 
 export interface BackupRunDeps {

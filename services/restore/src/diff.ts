@@ -12,7 +12,7 @@ import { trace } from "@opentelemetry/api";
 import { IotvaultError, toIotvaultError } from "@iotvault/errors";
 import type { DiffRequest, DiffResponse } from "@iotvault/proto";
 import type { SnapshotManifest } from "@iotvault/repo";
-import { diffSnapshots, type SnapshotDiff } from "@iotvault/sources";
+import type { SnapshotDiff } from "@iotvault/sources";
 import { openLocked, type OperationDeps } from "./operations.js";
 
 const tracer = () => trace.getTracer("iotvault.restore");
@@ -33,6 +33,8 @@ export async function diffOperation(deps: OperationDeps, req: DiffRequest, signa
       );
       try {
         const [a, b] = snapshots as [SnapshotManifest, SnapshotManifest];
+        // Loaded here: the semantic libraries it needs stay out of a restore service that never diffs.
+        const { diffSnapshots } = await import("@iotvault/sources");
         const d = await diffSnapshots(repo, a, b, {
           sampleSize: req.sampleSize || undefined,
           maxItems: req.maxItems || undefined,

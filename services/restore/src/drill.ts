@@ -24,7 +24,7 @@ import {
   type OperationProgress,
 } from "@iotvault/proto";
 import { snapshotGroupId, type Repository, type SnapshotManifest } from "@iotvault/repo";
-import { drillPostgres, isPgSnapshot, restoreToDirectory } from "@iotvault/sources";
+import { drillPostgres, isPgSnapshot, restoreToDirectory } from "@iotvault/sources/core";
 import { openLocked, type OperationDeps, type Update } from "./operations.js";
 
 export interface DrillDeps extends OperationDeps {

@@ -23,7 +23,7 @@ import { createLogger, startTelemetry, exitOnStartupError, type Logger } from "@
 import { restoreOperation, verifyOperation, type OperationDeps } from "./operations.js";
 import { diffOperation } from "./diff.js";
 import { drillOperation, type DrillDeps } from "./drill.js";
-import { gatewayRestoreCommand, type WalFetchCommand } from "@iotvault/sources";
+import { gatewayRestoreCommand, type WalFetchCommand } from "@iotvault/sources/core";
 
 async function main(): Promise<void> {
   const config = loadConfig(process.env);

@@ -21,7 +21,7 @@ import {
   type VerifyResult,
 } from "@iotvault/proto";
 import { Repository, type RepositoryLock, type RepositorySecret, type SnapshotManifest } from "@iotvault/repo";
-import { sourceAdapterFor } from "@iotvault/sources";
+import { sourceAdapterFor } from "@iotvault/sources/core";
 import type { ObjectStore } from "@iotvault/storage";
 import type { Logger } from "@iotvault/telemetry";
 

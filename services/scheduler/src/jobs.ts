@@ -7,7 +7,7 @@ import { IotvaultError } from "@iotvault/errors";
 import { BackupType, Job } from "@iotvault/proto";
 import { Kvm, type KV } from "@nats-io/kv";
 import { Cron } from "croner";
-import { validateSourceUrl } from "@iotvault/sources";
+import { validateSourceUrl } from "@iotvault/sources/core";
 import { checkDrillSchedule } from "./drills.js";
 
 export const JOBS_BUCKET = "iotvault_jobs";

@@ -23,22 +23,13 @@ import type {
   SourceAdapter,
 } from "../adapter.js";
 import { compileGlobs } from "../fs/globs.js";
+import { parseKvUrl } from "./url.js";
 import { restoreToDirectory } from "../fs/restore.js";
 import { byPath, loadCatalog, storeCatalog, type CatalogEntry } from "../rdf/catalog.js";
 
-const BUCKET = /^[-\w]+$/;
-const KEYS_DIR = "keys";
+export { parseKvUrl } from "./url.js";
 
-/** The bucket of a `kv:<bucket>` URL. */
-export function parseKvUrl(url: string): string {
-  const bucket = url.startsWith("kv:") ? url.slice(3).replace(/^\/\//, "") : "";
-  if (!BUCKET.test(bucket)) {
-    throw new IotvaultError("INVALID_ARGUMENT", `invalid KV source ${JSON.stringify(url)}`, {
-      hint: "write it as kv:<bucket> (letters, digits, - and _)",
-    });
-  }
-  return bucket;
-}
+const KEYS_DIR = "keys";
 
 /** The snapshot path of a key: one file per key, the key percent-encoded. */
 export function keyPath(key: string): string {

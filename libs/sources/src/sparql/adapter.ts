@@ -39,15 +39,9 @@ import type {
 import { restoreToDirectory } from "../fs/restore.js";
 import { loadCatalog, storeCatalog, type CatalogEntry, type SemanticCatalog } from "../rdf/catalog.js";
 import { validateRestored, shapesEntry } from "../rdf/restore-files.js";
+import { parseSparqlUrl, type SparqlSource } from "./url.js";
 
-export interface SparqlSource {
-  /** The GSP endpoint as an http(s) URL. */
-  endpoint: string;
-  queryEndpoint: string | undefined;
-  graphParam: string | undefined;
-  /** Keep the store's own system graphs (Virtuoso's virtrdf#, ldp#, ...). */
-  systemGraphs: boolean;
-}
+export { parseSparqlUrl, type SparqlSource } from "./url.js";
 
 /** Graph IRI prefixes of a store's own bookkeeping, left out unless `?system-graphs=include`. */
 export const SYSTEM_GRAPH_PREFIXES = [
@@ -56,35 +50,6 @@ export const SYSTEM_GRAPH_PREFIXES = [
   "http://localuriqaserver/",
   "http://www.w3.org/2002/07/owl",
 ];
-
-const OWN_PARAMS = ["query-endpoint", "graph-param", "system-graphs"];
-
-/** Parses a `sparql+http(s)://` source or target URL. */
-export function parseSparqlUrl(url: string): SparqlSource {
-  const invalid = (why: string) =>
-    new IotvaultError("INVALID_ARGUMENT", `invalid SPARQL source ${JSON.stringify(url)}: ${why}`, {
-      hint: "write it as sparql+http://host:port/<graph store endpoint>[?query-endpoint=/sparql&graph-param=graph]",
-    });
-  if (!/^sparql\+https?:\/\//.test(url)) throw invalid("expected sparql+http:// or sparql+https://");
-  let u: URL;
-  try {
-    u = new URL(url.slice("sparql+".length));
-  } catch {
-    throw invalid("it is not a URL");
-  }
-  if (u.username || u.password)
-    throw invalid("credentials are not allowed in the URL; use IOTVAULT_SPARQL_USER / IOTVAULT_SPARQL_PASSWORD");
-  const query = u.searchParams.get("query-endpoint") ?? undefined;
-  const graphParam = u.searchParams.get("graph-param") ?? undefined;
-  const systemGraphs = u.searchParams.get("system-graphs") === "include";
-  for (const p of OWN_PARAMS) u.searchParams.delete(p);
-  return {
-    endpoint: u.toString(),
-    queryEndpoint: query ? new URL(query, u).toString() : undefined,
-    graphParam,
-    systemGraphs,
-  };
-}
 
 function credentials(services: Readonly<Record<string, unknown>>, url: string): Credentials | undefined {
   const provided = services["sparqlCredentials"];
