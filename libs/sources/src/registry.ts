@@ -13,7 +13,7 @@ import { parseSparqlUrl } from "./sparql/url.js";
 /**
  * An adapter whose module loads on its first backup or restore. The semantic sources (rdf:,
  * rules:, config:, sparql:, and kv:, which keeps a semantic catalog) bring the RDF stack (n3,
- * jsonld, rdf-canonize, oxigraph: ~27 MiB in every process that loads it); a service that only
+ * jsonld, rdf-canonize, oxigraph: ~11-14 MiB more in a service); a service that only
  * backs up files or PostgreSQL never loads it. Checking a URL loads nothing.
  */
 function onFirstUse(
