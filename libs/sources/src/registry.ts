@@ -29,31 +29,21 @@ function onFirstUse(
   };
 }
 
+/** A stand-in for a `<scheme>:/path` source (rdf:, rules:, config:). */
+function pathSource(scheme: string, load: () => Promise<SourceAdapter>): SourceAdapter {
+  return onFirstUse([scheme], (url) => void parsePathUrl(url, scheme), load);
+}
+
+// The import paths stay literal: the CLI's bundler follows them into chunks of their own.
 const ADAPTERS: SourceAdapter[] = [
   fsAdapter,
-  onFirstUse(
-    ["rdf"],
-    (url) => void parsePathUrl(url, "rdf"),
-    async () => (await import("./rdf/adapter.js")).rdfAdapter,
-  ),
-  onFirstUse(
-    ["rules"],
-    (url) => void parsePathUrl(url, "rules"),
-    async () => (await import("./rules/adapter.js")).rulesAdapter,
-  ),
-  onFirstUse(
-    ["config"],
-    (url) => void parsePathUrl(url, "config"),
-    async () => (await import("./config/adapter.js")).configAdapter,
-  ),
-  onFirstUse(
-    ["kv"],
-    (url) => void parseKvUrl(url),
-    async () => (await import("./kv/adapter.js")).kvAdapter,
-  ),
+  pathSource("rdf", async () => (await import("./rdf/adapter.js")).rdfAdapter),
+  pathSource("rules", async () => (await import("./rules/adapter.js")).rulesAdapter),
+  pathSource("config", async () => (await import("./config/adapter.js")).configAdapter),
+  onFirstUse(["kv"], parseKvUrl, async () => (await import("./kv/adapter.js")).kvAdapter),
   onFirstUse(
     ["sparql+http", "sparql+https"],
-    (url) => void parseSparqlUrl(url),
+    parseSparqlUrl,
     async () => (await import("./sparql/adapter.js")).sparqlAdapter,
   ),
   pgAdapter,
