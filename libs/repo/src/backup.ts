@@ -13,6 +13,7 @@ import { Chunker } from "./chunker.js";
 import { cancelled, storeError, throwIfAborted, type RepoCore } from "./core.js";
 import { FORMAT_VERSION, snapshotKey, type BlobTypeName } from "./format.js";
 import { Packer } from "./packer.js";
+import { encodedLineOf } from "./reader.js";
 import type { HeldLock } from "./locks.js";
 import type { ChunkSealer } from "./sealer.js";
 import {
@@ -105,8 +106,14 @@ export interface BackupWriter {
    * saw (it picks the way the file is read).
    */
   addLocalFile(absPath: string, expectedBytes: number, options: LocalFileOptions): Promise<LocalFileOutcome>;
-  /** Adds a file node unchanged from the parent snapshot (its chunks are known to exist). */
+  /**
+   * Adds a file node unchanged from the parent snapshot (its chunks are known to exist). A node
+   * as read from the parent with `readTree(parent, signal, { frozen: true })` is added by
+   * copying the line it was stored as (nothing to encode or check again).
+   */
   addUnchangedFile(node: TreeNode): Promise<void>;
+  /** File nodes added so far by copying their stored line (see addUnchangedFile). */
+  readonly nodesCopied: number;
   /** Flushes packs and indexes, writes the tree and the manifest. */
   commit(meta: SnapshotMeta): Promise<{ snapshot: SnapshotManifest; stats: BackupStatsInfo }>;
   /** Stops; already stored packs stay indexed (for resume). */
@@ -122,6 +129,8 @@ const noop = (): void => undefined;
 class NotKnownAfterAll extends Error {}
 /** Progress callbacks come at most this often. */
 const PROGRESS_INTERVAL_MS = 100;
+/** Characters of encoded nodes hashed and chunked at once (one Buffer per batch, not per node). */
+const TREE_BATCH_CHARS = 64 * 1024;
 
 interface FileContent {
   chunks: string[];
@@ -150,7 +159,10 @@ export class BackupSession implements BackupWriter {
   private readonly treeChunks: string[] = [];
   private treeNodes = 0;
   private treeBytes = 0;
+  /** Encoded nodes not yet hashed and chunked (see appendLine). */
+  private treeText = "";
   private filesDone = 0;
+  private copied = 0;
   private lastProgress = -Infinity;
   private inputTail: Promise<unknown> = Promise.resolve();
   private treeTail: Promise<unknown> = Promise.resolve();
@@ -183,6 +195,10 @@ export class BackupSession implements BackupWriter {
       },
       options.signal,
     );
+  }
+
+  get nodesCopied(): number {
+    return this.copied;
   }
 
   addNode(node: TreeNode): Promise<void> {
@@ -324,10 +340,18 @@ export class BackupSession implements BackupWriter {
   }
 
   addUnchangedFile(node: TreeNode): Promise<void> {
-    const refused = this.refuseCall() ?? nodeError(node) ?? this.unchangedError(node);
+    // A node of a tree read with `frozen` was checked when it was decoded and cannot have
+    // changed since: the line it was stored as is appended as it is.
+    const line = encodedLineOf(node);
+    const refused =
+      this.refuseCall() ?? (line === undefined ? nodeError(node) : undefined) ?? this.unchangedError(node);
     if (refused) return Promise.reject(refused);
     return this.inTreeOrder(async () => {
-      await this.appendNode(node);
+      if (line === undefined) await this.appendNode(node);
+      else {
+        await this.appendLine(line + "\n");
+        this.copied++;
+      }
       this.stats.filesUnchanged++;
       this.stats.totalBytes += node.size ?? 0;
       this.stats.chunksTotal += node.chunks?.length ?? 0;
@@ -344,6 +368,7 @@ export class BackupSession implements BackupWriter {
       try {
         await this.inputTail;
         throwIfAborted(this.options.signal, "the backup");
+        await this.flushTree();
         for (const chunk of this.treeChunker.finish()) this.treeChunks.push(await this.storeChunk(chunk, "tree"));
         await this.packer.flush();
         const snapshot = this.manifest(meta);
@@ -507,12 +532,27 @@ export class BackupSession implements BackupWriter {
     return id;
   }
 
-  private async appendNode(node: TreeNode): Promise<void> {
-    const line = Buffer.from(encodeNode(node), "utf8");
-    this.treeHash.update(line);
-    this.treeBytes += line.length;
+  private appendNode(node: TreeNode): Promise<void> {
+    return this.appendLine(encodeNode(node));
+  }
+
+  /**
+   * Appends one encoded node (ending in a newline) to the tree. Lines are hashed and chunked a
+   * batch at a time (TREE_BATCH_CHARS): the tree's bytes, and so its chunks, are the same.
+   */
+  private async appendLine(line: string): Promise<void> {
+    this.treeText += line;
     this.treeNodes++;
-    for (const chunk of this.treeChunker.push(line)) this.treeChunks.push(await this.storeChunk(chunk, "tree"));
+    if (this.treeText.length >= TREE_BATCH_CHARS) await this.flushTree();
+  }
+
+  private async flushTree(): Promise<void> {
+    if (this.treeText === "") return;
+    const bytes = Buffer.from(this.treeText, "utf8");
+    this.treeText = "";
+    this.treeHash.update(bytes);
+    this.treeBytes += bytes.length;
+    for (const chunk of this.treeChunker.push(bytes)) this.treeChunks.push(await this.storeChunk(chunk, "tree"));
   }
 
   private manifest(meta: SnapshotMeta): SnapshotManifest {

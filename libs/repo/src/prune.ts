@@ -217,7 +217,8 @@ class PruneRun {
       try {
         const manifest = await loadManifest(this.core, id, this.signal);
         manifest.tree.chunks.forEach(use);
-        for await (const node of readTree(this.core, manifest, this.signal, state.index)) node.chunks?.forEach(use);
+        for await (const node of readTree(this.core, manifest, this.signal, { index: state.index }))
+          node.chunks?.forEach(use);
       } catch (err) {
         const damage = isIotvaultError(err) && (err.code === "DATA_CORRUPT" || err.code === "NOT_FOUND");
         if (!damage || isRefusal(err)) throw err; // store outages and cancels stay what they are

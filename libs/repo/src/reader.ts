@@ -93,12 +93,35 @@ export async function* readFile(
   }
 }
 
+/**
+ * The encoded line (without its newline) of nodes read with `frozen` (see readTree): a backup
+ * given one of them back as an unchanged file copies the line instead of encoding the node.
+ */
+const encodedLines = new WeakMap<TreeNode, string>();
+
+/** The line a frozen node was decoded from, or undefined for any other node. */
+export function encodedLineOf(node: TreeNode): string | undefined {
+  return encodedLines.get(node);
+}
+
+export interface ReadTreeOptions {
+  /** The index to look chunks up in (verify passes a freshly loaded one); default: the repository's. */
+  index?: MasterIndex | undefined;
+  /**
+   * Yield frozen nodes (their chunk lists too) that remember the line they were decoded from:
+   * a backup that gets one back through addUnchangedFile appends that line as it is. For a
+   * parent snapshot's tree, whose unchanged files are most of an incremental backup's nodes.
+   */
+  frozen?: boolean | undefined;
+}
+
 export async function* readTree(
   core: RepoCore,
   snapshot: SnapshotManifest,
   signal?: AbortSignal,
-  index?: MasterIndex,
+  options: ReadTreeOptions = {},
 ): AsyncGenerator<TreeNode> {
+  const { index, frozen = false } = options;
   const owner = `the tree of snapshot ${snapshot.id}`;
   const hash = createHash("sha256");
   let carry: Buffer = Buffer.alloc(0);
@@ -109,7 +132,13 @@ export async function* readTree(
     let start = 0;
     for (let nl = data.indexOf(10, start); nl !== -1; nl = data.indexOf(10, start)) {
       count++;
-      yield decodeNode(data.toString("utf8", start, nl), `${owner}: node ${count}`);
+      const line = data.toString("utf8", start, nl);
+      const node = decodeNode(line, `${owner}: node ${count}`);
+      if (frozen) {
+        if (node.chunks) Object.freeze(node.chunks);
+        encodedLines.set(Object.freeze(node), line);
+      }
+      yield node;
       start = nl + 1;
     }
     carry = data.subarray(start);

@@ -399,10 +399,18 @@ export class Repository {
     return matches[0]!;
   }
 
-  /** The snapshot's nodes in the order they were added (depth-first, sorted, for the fs source). */
-  readTree(snapshot: SnapshotManifest, signal?: AbortSignal): AsyncIterable<TreeNode> {
+  /**
+   * The snapshot's nodes in the order they were added (depth-first, sorted, for the fs source).
+   * `frozen`: the nodes are frozen and a backup given one back unchanged (addUnchangedFile)
+   * copies the line it was stored as, instead of encoding it again (see ReadTreeOptions).
+   */
+  readTree(
+    snapshot: SnapshotManifest,
+    signal?: AbortSignal,
+    options: { frozen?: boolean } = {},
+  ): AsyncIterable<TreeNode> {
     this.checkIndexed();
-    return readTree(this.core, snapshot, signal);
+    return readTree(this.core, snapshot, signal, { frozen: options.frozen });
   }
 
   /** A file's content; every chunk is checked (HMAC) and the whole file's sha256 at the end. */

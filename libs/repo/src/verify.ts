@@ -230,7 +230,7 @@ class Verifier {
       if (bad) this.problems.add(bad, loc.packId, this.problems.get(bad, loc.packId)?.message ?? "", path);
     };
     for (const chunk of manifest.tree.chunks) use(chunk, undefined);
-    for await (const node of readTree(this.core, manifest, this.signal, this.index)) {
+    for await (const node of readTree(this.core, manifest, this.signal, { index: this.index })) {
       for (const chunk of node.chunks ?? []) use(chunk, node.path);
     }
   }
@@ -296,7 +296,7 @@ class Verifier {
     let done = 0;
     for (const manifest of manifests) {
       try {
-        for await (const node of readTree(this.core, manifest, this.signal, this.index)) {
+        for await (const node of readTree(this.core, manifest, this.signal, { index: this.index })) {
           for (const chunk of node.chunks ?? []) this.attribute(chunk, node.path);
         }
       } catch (err) {

@@ -102,6 +102,13 @@ void test("with a parent snapshot, unchanged files are not read again", async ()
     assert.equal(second.snapshot.parent, first.snapshot.id);
     assert.equal(second.snapshot.stats.filesUnchanged, 6);
     assert.equal(second.snapshot.stats.filesChanged, 2);
+    assert.equal(second.nodesCopied, 6, "the unchanged files' nodes are the parent's lines, copied");
+
+    // Nothing changed: every file node is copied, and the tree is the parent's, chunk for chunk.
+    const third = await backup(repo, "p3", { root: src, parent: second.snapshot });
+    assert.equal(third.bytesRead, 0);
+    assert.equal(third.nodesCopied, 8);
+    assert.deepEqual(third.snapshot.tree, second.snapshot.tree);
 
     const dst = dir("dst");
     await restoreToDirectory(repo, second.snapshot, { target: dst, verify: true });

@@ -31,7 +31,7 @@ export async function backup(
   repo: Repository,
   runId: string,
   options: BackupDirectoryOptions,
-): Promise<{ snapshot: SnapshotManifest; result: BackupDirectoryResult; bytesRead: number }> {
+): Promise<{ snapshot: SnapshotManifest; result: BackupDirectoryResult; bytesRead: number; nodesCopied: number }> {
   const writer = await repo.startBackup({ runId, parent: options.parent });
   const result = await backupDirectory(repo, writer, options);
   const { snapshot, stats } = await writer.commit({
@@ -40,7 +40,7 @@ export async function backup(
     source: `fs:${options.root}`,
     backupType: options.parent ? "incremental" : "full",
   });
-  return { snapshot, result, bytesRead: stats.bytesRead };
+  return { snapshot, result, bytesRead: stats.bytesRead, nodesCopied: writer.nodesCopied };
 }
 
 export interface Entry {

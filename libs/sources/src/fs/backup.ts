@@ -151,7 +151,9 @@ class FsBackup {
     this.include = options.include?.length ? compileGlobs(options.include, "include") : undefined;
     this.exclude = options.exclude?.length ? compileGlobs(options.exclude, "exclude") : undefined;
     this.parent = options.parent
-      ? new ParentCursor(repo.readTree(options.parent, options.signal), (m) => this.warn("(parent snapshot)", m))
+      ? new ParentCursor(repo.readTree(options.parent, options.signal, { frozen: true }), (m) =>
+          this.warn("(parent snapshot)", m),
+        )
       : undefined;
     this.hooks = {
       accept: (path: string) => !this.exclude?.(path),
@@ -238,7 +240,11 @@ class FsBackup {
   private addUnchanged(entry: WalkEntry, previous: TreeNode): boolean {
     if (!(previous.chunks ?? []).every((id) => this.repo.hasChunk(id))) return false;
     const size = Number(entry.stat.size);
-    const node = { ...fileNode(entry.path, entry.stat), ...contentOf(previous) };
+    // The parent's node itself when nothing about the file changed: the writer then copies the
+    // line it was stored as (most nodes of an incremental backup).
+    const node = sameOwnerAndMode(previous, entry.stat)
+      ? previous
+      : { ...fileNode(entry.path, entry.stat), ...contentOf(previous) };
     this.inFlight.add(this.writer.addUnchangedFile(node).then(() => this.fileDone(entry.path, size, true)));
     return true;
   }
@@ -342,6 +348,16 @@ function unchanged(previous: TreeNode, s: BigIntStats): boolean {
     previous.mtimeNs === s.mtimeNs.toString() &&
     previous.ctimeNs === s.ctimeNs.toString() &&
     previous.inode === s.ino.toString()
+  );
+}
+
+/** With unchanged(): the rest of a file node (its path is the walk's, its content the parent's). */
+function sameOwnerAndMode(previous: TreeNode, s: BigIntStats): boolean {
+  return (
+    previous.mode === Number(s.mode & 0o7777n) &&
+    previous.uid === Number(s.uid) &&
+    previous.gid === Number(s.gid) &&
+    previous.dev === s.dev.toString()
   );
 }
 
