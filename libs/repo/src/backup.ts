@@ -15,7 +15,7 @@ import { FORMAT_VERSION, snapshotKey, type BlobTypeName } from "./format.js";
 import { Packer } from "./packer.js";
 import { encodedLineOf } from "./reader.js";
 import type { HeldLock } from "./locks.js";
-import type { ChunkSealer } from "./sealer.js";
+import type { ChunkSealer, StreamedLocalFile } from "./sealer.js";
 import {
   emptyStats,
   encodeManifest,
@@ -76,6 +76,18 @@ export interface LocalFileOptions {
   fixedChunks?: boolean | undefined;
   /** Builds the file's node from the stat its content was read under (size, chunks, sha256 are filled in). */
   node(stat: LocalFileStat): Omit<TreeNode, "chunks" | "sha256">;
+  /**
+   * The read of this file started earlier by readLocalFileEarly (same path): its result is
+   * used instead of reading the file now. Ignored with tolerateChanges or fixedChunks.
+   */
+  early?: EarlyLocalFile | undefined;
+}
+
+/** A large local file being read ahead of its place in the tree (see BackupWriter.readLocalFileEarly). */
+export interface EarlyLocalFile {
+  readonly absPath: string;
+  /** Settles (never rejects) once the read is over, whatever became of it. */
+  readonly done: Promise<void>;
 }
 
 /** What became of a local file: added to the tree, or not (it vanished, or kept changing). */
@@ -106,6 +118,16 @@ export interface BackupWriter {
    * saw (it picks the way the file is read).
    */
   addLocalFile(absPath: string, expectedBytes: number, options: LocalFileOptions): Promise<LocalFileOutcome>;
+  /**
+   * Starts reading a large local file now, ahead of its place in the tree, as addLocalFile
+   * streams one (new chunks go to packs as they come): a source that knows early which large
+   * files changed keeps every core busy while it walks the rest. The file is added by a later
+   * addLocalFile call for the same path with `early` set to the returned handle; a read never
+   * added costs only its orphan chunks (prune removes them). commit and abort wait for it.
+   * Undefined, and nothing read, with a single pipeline thread: there, reading early would
+   * only change the order of the same work on the same thread.
+   */
+  readLocalFileEarly(absPath: string, options?: { attempts?: number | undefined }): EarlyLocalFile | undefined;
   /**
    * Adds a file node unchanged from the parent snapshot (its chunks are known to exist). A node
    * as read from the parent with `readTree(parent, signal, { frozen: true })` is added by
@@ -163,6 +185,8 @@ export class BackupSession implements BackupWriter {
   private treeText = "";
   private filesDone = 0;
   private copied = 0;
+  /** Reads started by readLocalFileEarly and not yet added. */
+  private readonly earlyReads = new Map<EarlyLocalFile, Promise<StreamedLocalFile>>();
   private lastProgress = -Infinity;
   private inputTail: Promise<unknown> = Promise.resolve();
   private treeTail: Promise<unknown> = Promise.resolve();
@@ -246,6 +270,13 @@ export class BackupSession implements BackupWriter {
       return Promise.reject(err instanceof Error ? err : new Error(String(err)));
     }
     const attempts = Math.max(1, options.attempts ?? 3);
+    // The read started by readLocalFileEarly for this path, if that is what the handle is.
+    const handle = options.early;
+    const early = handle?.absPath === absPath ? this.earlyReads.get(handle) : undefined;
+    if (handle && early && !options.tolerateChanges && !options.fixedChunks) {
+      this.earlyReads.delete(handle);
+      return this.addStreamedLocalFile(absPath, attempts, options, early);
+    }
     if (expectedBytes > LOCAL_FILE_MAX_BYTES || options.tolerateChanges) {
       return this.addStreamedLocalFile(absPath, attempts, options);
     }
@@ -279,11 +310,44 @@ export class BackupSession implements BackupWriter {
     absPath: string,
     attempts: number,
     options: LocalFileOptions,
+    streamed = this.streamLocalFile(absPath, attempts, options),
   ): Promise<LocalFileOutcome> {
+    return this.inTreeOrder(async (): Promise<LocalFileOutcome> => {
+      const r = await streamed;
+      if (r.kind !== "read") return { added: false, reason: r.kind, message: r.message };
+      this.stats.bytesRead += r.size;
+      return this.addReadFile(options, r.stat, { size: r.size, chunks: r.chunks, sha256: r.sha256 });
+    });
+  }
+
+  readLocalFileEarly(absPath: string, options: { attempts?: number | undefined } = {}): EarlyLocalFile | undefined {
+    const refused = this.refuseCall();
+    if (refused) throw refused;
+    this.checkRunning();
+    if (this.sealer.parallelism < 2) return undefined;
+    // In one worker: the other ones keep sealing what the caller adds meanwhile.
+    const read = this.streamLocalFile(absPath, Math.max(1, options.attempts ?? 3), { oneWorker: true });
+    const handle: EarlyLocalFile = { absPath, done: read.then(noop, noop) };
+    this.earlyReads.set(handle, read);
+    return handle;
+  }
+
+  /** Streams a local file through the sealer; its new chunks go to the packer as they come. */
+  private streamLocalFile(
+    absPath: string,
+    attempts: number,
+    options: Pick<LocalFileOptions, "tolerateChanges" | "fixedChunks"> & { oneWorker?: boolean },
+  ): Promise<StreamedLocalFile> {
     const read = (known: KnownChunks | undefined) =>
       this.sealer.sealStreamedLocalFile(
         absPath,
-        { attempts, tolerateChanges: options.tolerateChanges, fixedChunks: options.fixedChunks, known: known?.shared },
+        {
+          attempts,
+          tolerateChanges: options.tolerateChanges,
+          fixedChunks: options.fixedChunks,
+          known: known?.shared,
+          oneWorker: options.oneWorker,
+        },
         () => this.core.currentKey(),
         (chunks) => {
           this.checkRunning();
@@ -296,13 +360,8 @@ export class BackupSession implements BackupWriter {
       if (err instanceof NotKnownAfterAll) return read(undefined);
       throw err;
     });
-    streamed.catch(noop); // awaited by the tree step
-    return this.inTreeOrder(async (): Promise<LocalFileOutcome> => {
-      const r = await streamed;
-      if (r.kind !== "read") return { added: false, reason: r.kind, message: r.message };
-      this.stats.bytesRead += r.size;
-      return this.addReadFile(options, r.stat, { size: r.size, chunks: r.chunks, sha256: r.sha256 });
-    });
+    streamed.catch(noop); // awaited by the tree step (or by commit and abort, read early and never added)
+    return streamed;
   }
 
   /** The chunks this run need not seal again, for the workers (made at the first streamed file). */
@@ -367,6 +426,7 @@ export class BackupSession implements BackupWriter {
     const run = this.treeTail.then(async () => {
       try {
         await this.inputTail;
+        await this.settleEarlyReads();
         throwIfAborted(this.options.signal, "the backup");
         await this.flushTree();
         for (const chunk of this.treeChunker.finish()) this.treeChunks.push(await this.storeChunk(chunk, "tree"));
@@ -391,9 +451,17 @@ export class BackupSession implements BackupWriter {
     this.state = "aborting";
     await this.inputTail.catch(noop);
     await this.treeTail.catch(noop);
+    await this.settleEarlyReads();
     await this.packer.abort();
     this.state = "done";
     await this.lock?.release().catch(noop);
+  }
+
+  /** Waits for the early reads never added: their chunks reach the packer before it is flushed. */
+  private async settleEarlyReads(): Promise<void> {
+    const reads = [...this.earlyReads.values()];
+    this.earlyReads.clear();
+    await Promise.allSettled(reads);
   }
 
   private refuseCall(): IotvaultError | undefined {

@@ -25,6 +25,7 @@ export {
   type BackupOptions,
   type BackupProgressInfo,
   type BackupWriter,
+  type EarlyLocalFile,
   type LocalFileOptions,
   type LocalFileOutcome,
 } from "./backup.js";

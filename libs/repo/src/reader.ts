@@ -113,6 +113,31 @@ export interface ReadTreeOptions {
    * parent snapshot's tree, whose unchanged files are most of an incremental backup's nodes.
    */
   frozen?: boolean | undefined;
+  /**
+   * Yield only the file nodes of at least this size (the rest of the tree is still read and
+   * checked). Lines are picked by their `"size":` member before they are decoded, so that
+   * finding a tree's large files costs little more than reading it.
+   */
+  filesOfAtLeast?: number | undefined;
+}
+
+const SIZE_MEMBER = Buffer.from('"size":');
+
+/**
+ * Whether the line data[start, end) has a `"size":` member of at least `min`. A prefilter:
+ * lines it passes are decoded and checked. (In lines written by encodeNode the first
+ * `"size":` is the member; a crafted line may only be missed, never let through unchecked.)
+ */
+function sizeAtLeast(data: Buffer, start: number, end: number, min: number): boolean {
+  const at = data.indexOf(SIZE_MEMBER, start);
+  if (at < 0 || at >= end) return false;
+  let value = 0;
+  for (let i = at + SIZE_MEMBER.length; i < end; i++) {
+    const digit = data[i]! - 48;
+    if (digit < 0 || digit > 9) break;
+    value = value * 10 + digit;
+  }
+  return value >= min;
 }
 
 export async function* readTree(
@@ -121,7 +146,7 @@ export async function* readTree(
   signal?: AbortSignal,
   options: ReadTreeOptions = {},
 ): AsyncGenerator<TreeNode> {
-  const { index, frozen = false } = options;
+  const { index, frozen = false, filesOfAtLeast } = options;
   const owner = `the tree of snapshot ${snapshot.id}`;
   const hash = createHash("sha256");
   let carry: Buffer = Buffer.alloc(0);
@@ -132,14 +157,17 @@ export async function* readTree(
     let start = 0;
     for (let nl = data.indexOf(10, start); nl !== -1; nl = data.indexOf(10, start)) {
       count++;
-      const line = data.toString("utf8", start, nl);
+      const lineStart = start;
+      start = nl + 1;
+      if (filesOfAtLeast !== undefined && !sizeAtLeast(data, lineStart, nl, filesOfAtLeast)) continue;
+      const line = data.toString("utf8", lineStart, nl);
       const node = decodeNode(line, `${owner}: node ${count}`);
+      if (filesOfAtLeast !== undefined && (node.type !== "file" || (node.size ?? 0) < filesOfAtLeast)) continue;
       if (frozen) {
         if (node.chunks) Object.freeze(node.chunks);
         encodedLines.set(Object.freeze(node), line);
       }
       yield node;
-      start = nl + 1;
     }
     carry = data.subarray(start);
   }

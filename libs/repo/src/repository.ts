@@ -402,15 +402,16 @@ export class Repository {
   /**
    * The snapshot's nodes in the order they were added (depth-first, sorted, for the fs source).
    * `frozen`: the nodes are frozen and a backup given one back unchanged (addUnchangedFile)
-   * copies the line it was stored as, instead of encoding it again (see ReadTreeOptions).
+   * copies the line it was stored as, instead of encoding it again; `filesOfAtLeast`: only the
+   * file nodes of at least that many bytes (see ReadTreeOptions).
    */
   readTree(
     snapshot: SnapshotManifest,
     signal?: AbortSignal,
-    options: { frozen?: boolean } = {},
+    options: { frozen?: boolean; filesOfAtLeast?: number } = {},
   ): AsyncIterable<TreeNode> {
     this.checkIndexed();
-    return readTree(this.core, snapshot, signal, { frozen: options.frozen });
+    return readTree(this.core, snapshot, signal, { frozen: options.frozen, filesOfAtLeast: options.filesOfAtLeast });
   }
 
   /** A file's content; every chunk is checked (HMAC) and the whole file's sha256 at the end. */

@@ -25,6 +25,9 @@ export type PipelineShape = Pick<PipelineParams, "gear" | "chunker">;
 export type SealedLocalFile =
   { kind: "read"; stat: LocalFileStat; file: SealedFile } | { kind: "changed" | "gone"; message: string };
 
+/** How sealStreamedLocalFile reads a file. */
+export type StreamOptions = LargeReadOptions & { attempts: number; oneWorker?: boolean | undefined };
+
 /** A local file streamed through the sealer (its chunks went to the caller segment by segment), or why not. */
 export type StreamedLocalFile =
   | { kind: "read"; stat: LocalFileStat; sha256: string; size: number; chunks: string[] }
@@ -63,11 +66,12 @@ export interface ChunkSealer {
    * changes under the read. `onChunks` gets each segment's sealed chunks in file order and
    * must copy them before it returns (their memory is reused); the next segments wait for the
    * promise it returns (backpressure). Chunks of an attempt that failed were handed over too.
-   * With `options.known`, chunks found there come back unsealed (KnownChunk).
+   * With `options.known`, chunks found there come back unsealed (KnownChunk). `oneWorker`:
+   * never split the file across the workers (a read in the background of other work).
    */
   sealStreamedLocalFile(
     path: string,
-    options: LargeReadOptions & { attempts: number },
+    options: StreamOptions,
     key: () => SealKey,
     onChunks: (chunks: StreamedChunk[]) => Promise<void> | void,
   ): Promise<StreamedLocalFile>;
@@ -128,7 +132,7 @@ export class InlineSealer implements ChunkSealer {
 
   async sealStreamedLocalFile(
     path: string,
-    options: LargeReadOptions & { attempts: number },
+    options: StreamOptions,
     key: () => SealKey,
     onChunks: (chunks: StreamedChunk[]) => Promise<void> | void,
   ): Promise<StreamedLocalFile> {

@@ -34,6 +34,7 @@ import {
   type PipelineShape,
   type SealedLocalFile,
   type StreamedLocalFile,
+  type StreamOptions,
 } from "./sealer.js";
 
 export interface WorkerInit {
@@ -176,7 +177,14 @@ class ArenaPool {
   }
 
   private give(arena: ArrayBuffer): void {
-    if (this.freeBytes + arena.byteLength > this.keep || arena.byteLength > ARENA_MAX_KEPT_BYTES) return;
+    if (arena.byteLength > ARENA_MAX_KEPT_BYTES) return;
+    // Room is made by dropping smaller free arenas: a large one costs the most to allocate again
+    // (a streamed segment's arena is 16 MiB; fresh external memory also pushes V8 to collect).
+    while (this.freeBytes + arena.byteLength > this.keep) {
+      const smallest = this.free.reduce((min, a, i) => (a.byteLength < this.free[min]!.byteLength ? i : min), 0);
+      if (this.free.length === 0 || this.free[smallest]!.byteLength >= arena.byteLength) return;
+      this.freeBytes -= this.free.splice(smallest, 1)[0]!.byteLength;
+    }
     this.free.push(arena);
     this.freeBytes += arena.byteLength;
   }
@@ -451,7 +459,7 @@ export class WorkerSealer implements ChunkSealer {
 
   async sealStreamedLocalFile(
     path: string,
-    options: LargeReadOptions & { attempts: number },
+    options: StreamOptions,
     key: () => SealKey,
     onChunks: (chunks: StreamedChunk[]) => Promise<void> | void,
   ): Promise<StreamedLocalFile> {
@@ -480,11 +488,11 @@ export class WorkerSealer implements ChunkSealer {
    * cuts it and hashes the file; each chunk is hashed, looked up in the known table and sealed
    * by the least loaded worker ("plain" jobs reading it from the ring), so that one large file
    * (a database's biggest relation) uses every core. A slot is reused only once every chunk of
-   * its segment was taken over (STREAM_WINDOW + 1 slots).
+   * its segment was taken over (STREAM_WINDOW + 1 slots). Never with `oneWorker`.
    */
   private async streamOnce(
     path: string,
-    options: LargeReadOptions,
+    options: LargeReadOptions & { oneWorker?: boolean | undefined },
     key: () => SealKey,
     onChunks: (chunks: StreamedChunk[]) => Promise<void> | void,
   ): Promise<StreamedLocalFile> {
@@ -492,7 +500,7 @@ export class WorkerSealer implements ChunkSealer {
     const pool = (this.pool ??= this.start());
     const worker = pool.reduce((best, w) => (w.load < best.load ? w : best));
     const token = ++this.streamTokens;
-    const ring = pool.length > 1 && this.streams === 1 ? this.takeRing() : undefined;
+    const ring = pool.length > 1 && this.streams === 1 && !options.oneWorker ? this.takeRing() : undefined;
     // A split stream's file hash is kept by one worker, fed each segment in order: another one
     // when the stream's worker cuts content-defined chunks, the stream's own when it only reads.
     const hasher =

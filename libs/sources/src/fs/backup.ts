@@ -10,11 +10,13 @@ import {
   LOCAL_FILE_MAX_BYTES,
   comparePaths,
   type BackupWriter,
+  type EarlyLocalFile,
   type LocalFileStat,
   type Repository,
   type SnapshotManifest,
   type TreeNode,
 } from "@iotvault/repo";
+import { EarlyReads } from "./early.js";
 import { compileGlobs, isUnder } from "./globs.js";
 import { InFlight } from "./in-flight.js";
 import { walk, type WalkEntry } from "./walk.js";
@@ -41,6 +43,13 @@ export interface BackupDirectoryOptions {
   onProgress?: ((p: FsProgress) => void) | undefined;
   /** Files skipped (vanished, unreadable, special, changing while read) are reported here. */
   onWarning?: ((w: FsWarning) => void) | undefined;
+  /**
+   * With a parent: read the parent's large files that changed ahead of their place in the walk
+   * (see early.ts). Default true; the snapshot is the same either way.
+   */
+  earlyReads?: boolean | undefined;
+  /** Called with the path of each file read ahead of the walk (see earlyReads). */
+  onEarlyRead?: ((path: string) => void) | undefined;
 }
 
 export interface BackupDirectoryResult {
@@ -51,6 +60,8 @@ export interface BackupDirectoryResult {
   bytes: number;
   /** Files that were not read again because the parent snapshot has them unchanged. */
   unchanged: number;
+  /** Large changed files read ahead of their place in the walk (see earlyReads). */
+  readEarly: number;
   /** Entries skipped with a warning. */
   warnings: number;
 }
@@ -131,13 +142,22 @@ async function checkRoot(root: string): Promise<string> {
 }
 
 class FsBackup {
-  readonly result: BackupDirectoryResult = { files: 0, dirs: 0, symlinks: 0, bytes: 0, unchanged: 0, warnings: 0 };
+  readonly result: BackupDirectoryResult = {
+    files: 0,
+    dirs: 0,
+    symlinks: 0,
+    bytes: 0,
+    unchanged: 0,
+    readEarly: 0,
+    warnings: 0,
+  };
   readonly inFlight = new InFlight();
   private lastProgress = -Infinity;
   readonly hooks;
   private readonly include: ((p: string) => boolean) | undefined;
   private readonly exclude: ((p: string) => boolean) | undefined;
   private readonly parent: ParentCursor | undefined;
+  private readonly early: EarlyReads | undefined;
   /** Directories whose node waits for an included descendant (include mode only). */
   private readonly pendingDirs: WalkEntry[] = [];
   /** The innermost included directory on the current path: everything under it is included. */
@@ -155,6 +175,18 @@ class FsBackup {
           this.warn("(parent snapshot)", m),
         )
       : undefined;
+    this.early =
+      options.parent && options.earlyReads !== false
+        ? new EarlyReads(repo, writer, {
+            root: options.root,
+            parent: options.parent,
+            backedUp: (path) => this.backedUp(path),
+            changed: (previous, stat) => !unchanged(previous, stat),
+            attempts: READ_ATTEMPTS,
+            signal: options.signal,
+            onRead: options.onEarlyRead,
+          })
+        : undefined;
     this.hooks = {
       accept: (path: string) => !this.exclude?.(path),
       warn: (path: string, message: string) => this.warn(path, message),
@@ -163,7 +195,20 @@ class FsBackup {
   }
 
   async close(): Promise<void> {
+    await this.early?.close();
+    this.result.readEarly = this.early?.started ?? 0;
     await this.parent?.close();
+  }
+
+  /** Whether the walk backs up `path`: no excluded ancestor or itself, and included (or an ancestor is). */
+  private backedUp(path: string): boolean {
+    let included = !this.include;
+    for (let end = path.indexOf("/"); ; end = path.indexOf("/", end + 1)) {
+      const prefix = end < 0 ? path : path.slice(0, end);
+      if (this.exclude?.(prefix)) return false;
+      included ||= this.include!(prefix);
+      if (end < 0) return included;
+    }
   }
 
   /** Decides, in walk order, what to do with an entry (include rules, the parent's node). */
@@ -172,6 +217,7 @@ class FsBackup {
       this.warn(entry.path, "skipped: sockets, FIFOs and device files are not backed up");
       return [];
     }
+    this.early?.reached(entry.path);
     if (!this.included(entry)) return [];
     const steps: Step[] = this.pendingDirs.splice(0).map((dir) => ({ kind: "dir", entry: dir }));
     if (entry.kind === "dir") steps.push({ kind: "dir", entry });
@@ -202,9 +248,13 @@ class FsBackup {
       case "unchanged":
         if (!this.addUnchanged(step.entry, step.previous)) this.addFile(step.entry, true);
         break;
-      case "file":
-        this.addFile(step.entry, step.previous !== undefined);
+      case "file": {
+        // A large file the early reads may have started: their scan decides on it first.
+        const early =
+          step.entry.stat.size > BigInt(LOCAL_FILE_MAX_BYTES) ? await this.early?.claim(step.entry.path) : undefined;
+        this.addFile(step.entry, step.previous !== undefined, early);
         break;
+      }
     }
     await this.inFlight.settle(IN_FLIGHT_CALLS, IN_FLIGHT_BYTES);
   }
@@ -255,11 +305,12 @@ class FsBackup {
    * pending. A streamed file's memory is bounded by the writer (a few segments), so it does not
    * count towards the bytes in flight: small files go on being sealed by the other workers.
    */
-  private addFile(entry: WalkEntry, existedInParent: boolean): void {
+  private addFile(entry: WalkEntry, existedInParent: boolean, early?: EarlyLocalFile): void {
     const size = Number(entry.stat.size);
     const outcome = this.writer.addLocalFile(entry.abs, size, {
       existedInParent,
       attempts: READ_ATTEMPTS,
+      early,
       node: (stat) => localFileNode(entry.path, stat),
     });
     this.inFlight.add(
