@@ -95,7 +95,8 @@ export class Arena {
 }
 
 export type Unsealed =
-  { ok: true; plain: Buffer; digest: Buffer } | { ok: false; problem: string; unknownKeyId?: number };
+  | { ok: true; plain: Buffer; digest: Buffer }
+  | { ok: false; problem: string; unknownKeyId?: number; targetError?: string };
 
 let dctx: InstanceType<typeof zstd.DCtx> | undefined;
 

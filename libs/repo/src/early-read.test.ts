@@ -5,13 +5,12 @@
  */
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 import { LOCAL_FILE_MAX_BYTES } from "./backup.js";
 import type { LocalFileStat } from "./pipeline-core.js";
-import { META, collect, newRepo, readAll } from "./test-util.js";
+import { META, collect, newRepo, readAll, withTempDir } from "./test-util.js";
 
 const LARGE = LOCAL_FILE_MAX_BYTES + 3 * 1024 * 1024;
 
@@ -25,17 +24,8 @@ const nodeOf = (path: string) => (s: LocalFileStat) => ({
   size: s.size,
 });
 
-async function withDir<T>(fn: (dir: string) => Promise<T>): Promise<T> {
-  const dir = mkdtempSync(join(tmpdir(), "iotvault-early-"));
-  try {
-    return await fn(dir);
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-}
-
 void test("a file read early is added as it was read then, not read again", async () => {
-  await withDir(async (dir) => {
+  await withTempDir(async (dir) => {
     const { repo } = await newRepo({ workers: 2 });
     try {
       const before = randomBytes(LARGE);
@@ -73,7 +63,7 @@ void test("a file read early is added as it was read then, not read again", asyn
 });
 
 void test("an early read never added: the commit waits for it, the snapshot does not have it", async () => {
-  await withDir(async (dir) => {
+  await withTempDir(async (dir) => {
     const { repo } = await newRepo({ workers: 2 });
     try {
       const content = randomBytes(LARGE);
@@ -97,7 +87,7 @@ void test("an early read never added: the commit waits for it, the snapshot does
 });
 
 void test("with a single pipeline thread nothing is read early", async () => {
-  await withDir(async (dir) => {
+  await withTempDir(async (dir) => {
     const { repo } = await newRepo({ workers: 1 });
     try {
       writeFileSync(join(dir, "f.bin"), randomBytes(LARGE));

@@ -7,7 +7,20 @@
  *  - a blob read back: decryption, decompression, check against its chunk id.
  */
 import { createHash } from "node:crypto";
-import { closeSync, constants, fstatSync, openSync, readSync, writeSync, type BigIntStats } from "node:fs";
+import {
+  closeSync,
+  constants,
+  fchmodSync,
+  fchownSync,
+  fstatSync,
+  futimesSync,
+  openSync,
+  readSync,
+  renameSync,
+  unlinkSync,
+  writeSync,
+  type BigIntStats,
+} from "node:fs";
 import { type Arena, BlobSealer, chunkIdOfDigest, sha256, unsealBlob, type SealKey, type Unsealed } from "./blob.js";
 import { cut, cutParams, type CutParams } from "./chunker.js";
 import { knownIn } from "./known-chunks.js";
@@ -49,8 +62,30 @@ export interface BlobRef {
   id: string;
   rawLength: number;
   flags: number;
-  /** Write the checked plaintext here (a descriptor open for writing, and a position) instead of returning it. */
-  sink?: { fd: number; position: number } | undefined;
+  /**
+   * Write the checked plaintext here instead of returning it: into a descriptor open for
+   * writing at a position, or into a file created for it (see NewFile).
+   */
+  sink?: { fd: number; position: number } | { create: NewFile } | undefined;
+}
+
+/**
+ * A restored file whose only chunk a worker writes itself: created at `tmp` (O_CREAT, O_EXCL,
+ * O_NOFOLLOW, `mode`), written, owned, moded and timed, closed and renamed to `final`, so that
+ * the restore's thread makes no call for it. Checked first: a plaintext whose SHA-256 is not
+ * `sha256` is never written. On any failure nothing is left at `tmp` or `final`.
+ */
+export interface NewFile {
+  tmp: string;
+  final: string;
+  mode: number;
+  sha256: string;
+  /** fchown to these after the write (errors ignored, as for a restore not run as root). */
+  chown?: [uid: number, gid: number] | undefined;
+  /** fchmod to this after the write (set-id bits, or a mode the umask would cut). */
+  chmod?: number | undefined;
+  /** Access and modification time, in seconds since the epoch. */
+  mtime: number;
 }
 
 /** The stat of a local file, as read (fstat) just before its content was read. */
@@ -400,12 +435,11 @@ export class PipelineCore {
       this.plainBuffer = Buffer.allocUnsafeSlow(Math.max(ref.rawLength, 1 << 20));
     const r = unsealBlob(sealed, ref, keyFor, this.params.macKey, this.plainBuffer);
     if (!r.ok) return r;
+    if ("create" in ref.sink) return writeNewFile(ref.sink.create, r.plain, r.digest.toString("hex")) ?? r;
     try {
-      for (let done = 0; done < r.plain.length;) {
-        done += writeSync(ref.sink.fd, r.plain, done, r.plain.length - done, ref.sink.position + done);
-      }
+      writeAll(ref.sink.fd, r.plain, ref.sink.position);
     } catch (err) {
-      return { ok: false, problem: `writing it to the restored file failed: ${(err as Error).message}` };
+      return targetFailure("writing it to the restored file failed", err);
     }
     return r;
   }
@@ -430,6 +464,57 @@ function openRegularFile(path: string): { fd: number; stat: BigIntStats } | Stre
   } catch (err) {
     closeQuietly(fd);
     return { kind: "gone", message: `skipped, reading failed: ${(err as Error).message}` };
+  }
+}
+
+function writeAll(fd: number, data: Uint8Array, position: number): void {
+  for (let done = 0; done < data.length;) done += writeSync(fd, data, done, data.length - done, position + done);
+}
+
+/** A failure of the restored file (not of the blob): its errno code goes along. */
+function targetFailure(what: string, err: unknown): Unsealed {
+  const code = (err as { code?: unknown }).code;
+  return {
+    ok: false,
+    problem: `${what}: ${(err as Error).message}`,
+    ...(typeof code === "string" ? { targetError: code } : {}),
+  };
+}
+
+/** Creates, writes and finishes a NewFile; what went wrong, or undefined. */
+function writeNewFile(f: NewFile, plain: Uint8Array, sha256: string): Unsealed | undefined {
+  if (sha256 !== f.sha256)
+    return { ok: false, problem: "its content does not match the sha256 recorded in the snapshot" };
+  let fd: number | undefined;
+  try {
+    fd = openSync(f.tmp, constants.O_RDWR | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, f.mode);
+  } catch (err) {
+    return targetFailure("creating the restored file failed", err);
+  }
+  try {
+    writeAll(fd, plain, 0);
+    if (f.chown) {
+      try {
+        fchownSync(fd, f.chown[0], f.chown[1]);
+      } catch {
+        // as a restore not run as root: the file keeps this process's owner
+      }
+    }
+    if (f.chmod !== undefined) fchmodSync(fd, f.chmod);
+    futimesSync(fd, f.mtime, f.mtime);
+    const closing = fd;
+    fd = undefined;
+    closeSync(closing);
+    renameSync(f.tmp, f.final);
+    return undefined;
+  } catch (err) {
+    if (fd !== undefined) closeQuietly(fd);
+    try {
+      unlinkSync(f.tmp);
+    } catch {
+      // gone already
+    }
+    return targetFailure("writing it to the restored file failed", err);
   }
 }
 

@@ -15,12 +15,12 @@
  * 8 MiB), whatever the number and size of the files queued.
  */
 import { createHash } from "node:crypto";
-import { IotvaultError, isNotFound } from "@iotvault/errors";
+import { IotvaultError, isNotFound, toIotvaultError } from "@iotvault/errors";
 import { cancelled, storeError, type RepoCore } from "./core.js";
 import { envelopeKeyId } from "./envelope.js";
 import { corrupt, packKey } from "./format.js";
 import type { BlobLocation } from "./pack.js";
-import type { BlobRef } from "./pipeline-core.js";
+import type { BlobRef, NewFile } from "./pipeline-core.js";
 import type { ReadBack } from "./read-back.js";
 import type { ChunkSealer } from "./sealer.js";
 import type { TreeNode } from "./tree.js";
@@ -47,6 +47,12 @@ export interface FileReader {
    */
   write(node: TreeNode, fd: number): Promise<number>;
   /**
+   * Queues a file of one chunk that a worker creates, writes, finishes and renames into place
+   * itself (see NewFile; its sha256 is the node's); resolves with its size once it is there.
+   * Nothing is left at `tmp` or `final` when it fails.
+   */
+  create(node: TreeNode, file: Omit<NewFile, "sha256">): Promise<number>;
+  /**
    * Reads a written file back from `fd` and returns its SHA-256 and length, hashed in a worker
    * thread when the repository has any (a restore's check that the target kept what it wrote).
    */
@@ -69,7 +75,7 @@ interface Slot {
   owner: string;
   loc: BlobLocation | undefined;
   /** Set for a file being written: where this chunk goes. */
-  sink?: { fd: number; position: number } | undefined;
+  sink?: BlobRef["sink"];
   planned: boolean;
   /** Its fetch is running: only that fetch settles it (a worker may be writing into `sink`). */
   dispatched: boolean;
@@ -119,7 +125,30 @@ export class ReadAhead implements FileReader {
   }
 
   async write(node: TreeNode, fd: number): Promise<number> {
-    const { owner, slots } = this.enqueue(node, fd);
+    const { owner, slots } = this.enqueue(node, (position) => ({ fd, position }));
+    return this.written(node, owner, slots);
+  }
+
+  async create(node: TreeNode, file: Omit<NewFile, "sha256">): Promise<number> {
+    const id = node.chunks?.length === 1 ? node.chunks[0]! : undefined;
+    if (id === undefined || node.sha256 === undefined) {
+      throw new IotvaultError(
+        "INVALID_ARGUMENT",
+        `${node.path}: only a file of one chunk, with its sha256, is created`,
+      );
+    }
+    // Checked before anything is written: a file of the wrong size never reaches its name.
+    const loc = this.core.index.get(id);
+    if (loc && node.size !== undefined && loc.rawLength !== node.size) {
+      throw wrongSize(`file ${node.path}`, loc.rawLength, node.size);
+    }
+    const sha256 = node.sha256;
+    const { owner, slots } = this.enqueue(node, () => ({ create: { ...file, sha256 } }));
+    return this.written(node, owner, slots);
+  }
+
+  /** Waits for every chunk of a file being written (write, create) and checks what was written. */
+  private async written(node: TreeNode, owner: string, slots: Slot[]): Promise<number> {
     this.pump();
     const size = slots.reduce((n, s) => n + (s.loc?.rawLength ?? 0), 0);
     // Every slot settles before this returns, failed or not: the caller may close `fd` then.
@@ -128,9 +157,7 @@ export class ReadAhead implements FileReader {
     }
     const failure = slots.find((s) => s.error !== undefined)?.error;
     if (failure) throw failure;
-    if (node.size !== undefined && size !== node.size) {
-      throw corrupt(`${owner}: its chunks hold ${size} bytes, the snapshot says ${node.size}`);
-    }
+    if (node.size !== undefined && size !== node.size) throw wrongSize(owner, size, node.size);
     if (slots.length === 1 && node.sha256 !== undefined && slots[0]!.digest !== node.sha256) {
       throw corrupt(`${owner}: the content does not match the sha256 recorded in the snapshot`);
     }
@@ -149,7 +176,10 @@ export class ReadAhead implements FileReader {
     this.ranges.length = 0;
   }
 
-  private enqueue(node: TreeNode, fd: number | undefined): { owner: string; slots: Slot[] } {
+  private enqueue(
+    node: TreeNode,
+    sinkAt: ((position: number) => BlobRef["sink"]) | undefined,
+  ): { owner: string; slots: Slot[] } {
     if (node.type !== "file") {
       throw new IotvaultError("INVALID_ARGUMENT", `${node.path} is a ${node.type}, not a file`);
     }
@@ -158,7 +188,7 @@ export class ReadAhead implements FileReader {
     let position = 0;
     const slots = (node.chunks ?? []).map((id): Slot => {
       const loc = this.core.index.get(id);
-      const sink = fd === undefined ? undefined : { fd, position };
+      const sink = sinkAt?.(position);
       position += loc?.rawLength ?? 0;
       return { id, owner, loc, sink, planned: false, dispatched: false, released: false, settled: false, waiters: [] };
     });
@@ -292,7 +322,11 @@ export class ReadAhead implements FileReader {
       results.forEach((r, i) => {
         const slot = range.slots[i]!;
         if (r.ok) this.settle(slot, { plain: r.plain, digest: r.digest });
-        else {
+        else if (r.targetError !== undefined) {
+          // The blob was fine; the restored file could not be written (ENOSPC, EACCES, ...).
+          const err = Object.assign(new Error(r.problem), { code: r.targetError });
+          this.settle(slot, { error: toIotvaultError(err, slot.owner) });
+        } else {
           const details = { pack: range.packId, chunk: slot.id };
           this.settle(slot, {
             error: corrupt(
@@ -420,6 +454,10 @@ export class ReadAhead implements FileReader {
 function aheadCost(slot: Slot): number {
   if (!slot.loc) return 0;
   return slot.sink ? slot.loc.length : slot.loc.rawLength;
+}
+
+function wrongSize(owner: string, size: number, recorded: number): IotvaultError {
+  return corrupt(`${owner}: its chunks hold ${size} bytes, the snapshot says ${recorded}`);
 }
 
 function missingChunk(slot: Slot): IotvaultError {

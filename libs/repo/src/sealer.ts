@@ -33,8 +33,13 @@ export type StreamedLocalFile =
   | { kind: "read"; stat: LocalFileStat; sha256: string; size: number; chunks: string[] }
   | { kind: "changed" | "gone"; message: string };
 
+/**
+ * A blob opened, or why not: `targetError` (an errno code such as ENOSPC) when the blob was
+ * fine and writing it to the restored file failed.
+ */
 export type OpenedBlob =
-  { ok: true; plain: Buffer; digest: string } | { ok: false; problem: string; unknownKeyId?: number };
+  | { ok: true; plain: Buffer; digest: string }
+  | { ok: false; problem: string; unknownKeyId?: number; targetError?: string };
 
 export interface ChunkSealer {
   /** How many chunks it works on at once (callers keep about twice that queued). */

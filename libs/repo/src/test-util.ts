@@ -2,6 +2,9 @@
  * Helpers for this package's tests (not exported from the package entry point).
  */
 import { randomBytes } from "node:crypto";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { MemoryStore } from "@iotvault/storage";
 import type { RepoCore } from "./core.js";
 import { Repository, type RepositoryOptions } from "./repository.js";
@@ -60,3 +63,13 @@ export function jsonLines(bytes: number): Buffer {
 }
 
 export const random = (n: number): Buffer => randomBytes(n);
+
+/** Runs `fn` with a fresh temporary directory, removed afterwards. */
+export async function withTempDir<T>(fn: (dir: string) => Promise<T>): Promise<T> {
+  const dir = mkdtempSync(join(tmpdir(), "iotvault-repo-"));
+  try {
+    return await fn(dir);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}

@@ -101,7 +101,8 @@ export interface JobBatch {
 }
 
 export type OpenedResult =
-  { ok: true; plain?: Uint8Array | undefined; digest: string } | { ok: false; problem: string; unknownKeyId?: number };
+  | { ok: true; plain?: Uint8Array | undefined; digest: string }
+  | { ok: false; problem: string; unknownKeyId?: number; targetError?: string };
 
 export type JobResult =
   | { ok: true; kind: "chunk"; flags: number; at: number; length: number }
