@@ -136,6 +136,13 @@ const BATCH_BYTES = 1024 * 1024;
 /** The smallest arena; arenas come in powers of two, sized to their batch. */
 const ARENA_MIN_BYTES = 256 * 1024;
 const ARENA_MAX_KEPT_BYTES = 16 * 1024 * 1024;
+/**
+ * Arena room for one streamed segment sealed by its own worker: what its new chunks take once
+ * compressed, mostly (none when they are known, as in an incremental). A whole segment's room
+ * (16 MiB arenas) was allocated afresh for most segments: the pool keeps 48 MiB of free arenas
+ * and small ones fill it.
+ */
+const STREAM_ARENA_BYTES = 2 * 1024 * 1024;
 /** Free arenas kept, in all (a split stream has a segment's chunks in flight, each in an arena). */
 const ARENA_KEPT_BYTES = 48 * 1024 * 1024;
 const BATCH_JOBS = 32;
@@ -178,14 +185,7 @@ class ArenaPool {
   }
 
   private give(arena: ArrayBuffer): void {
-    if (arena.byteLength > ARENA_MAX_KEPT_BYTES) return;
-    // Room is made by dropping smaller free arenas: a large one costs the most to allocate again
-    // (a streamed segment's arena is 16 MiB; fresh external memory also pushes V8 to collect).
-    while (this.freeBytes + arena.byteLength > this.keep) {
-      const smallest = this.free.reduce((min, a, i) => (a.byteLength < this.free[min]!.byteLength ? i : min), 0);
-      if (this.free.length === 0 || this.free[smallest]!.byteLength >= arena.byteLength) return;
-      this.freeBytes -= this.free.splice(smallest, 1)[0]!.byteLength;
-    }
+    if (this.freeBytes + arena.byteLength > this.keep || arena.byteLength > ARENA_MAX_KEPT_BYTES) return;
     this.free.push(arena);
     this.freeBytes += arena.byteLength;
   }
@@ -225,8 +225,10 @@ class Batch {
     this.jobs.push(job);
     this.waiting.push(waiting);
     this.bytes += weight;
-    // Jobs that seal nothing (a file hash, a read-back, a split stream's cutting, opening) need no arena room.
-    if (!(job.kind === "hash" || job.kind === "readback" || job.kind === "open" || (job.kind === "stream" && job.slot)))
+    // Jobs that seal nothing (a file hash, a read-back, a split stream's cutting, opening) need no arena room;
+    // a streamed segment's new chunks start in STREAM_ARENA_BYTES (the worker grows the arena for more).
+    if (job.kind === "stream" && !job.slot) this.arenaBytes += Math.min(weight, STREAM_ARENA_BYTES);
+    else if (!(job.kind === "hash" || job.kind === "readback" || job.kind === "open" || job.kind === "stream"))
       this.arenaBytes += weight;
   }
 
