@@ -163,9 +163,7 @@ export class EarlyReads {
 
   /** Starts the next queued read the walk has not gone past, when none is in progress. */
   private next(): void {
-    for (let d = this.queue.shift(); d && !this.reading && !this.stopped; d = this.queue.shift()) {
-      this.start(d, false);
-    }
+    while (!this.reading && !this.stopped && this.queue.length > 0) this.start(this.queue.shift()!, false);
   }
 
   /** Reads `d` early when no read is in progress (and the walk is not past it, unless it claims it). */
