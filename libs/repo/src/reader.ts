@@ -129,8 +129,10 @@ const SIZE_MEMBER = Buffer.from('"size":');
  * `"size":` is the member; a crafted line may only be missed, never let through unchecked.)
  */
 function sizeAtLeast(data: Buffer, start: number, end: number, min: number): boolean {
-  const at = data.indexOf(SIZE_MEMBER, start);
-  if (at < 0 || at >= end) return false;
+  // Searched within the line: lines without a size (directories) must not scan the rest.
+  const found = data.subarray(start, end).indexOf(SIZE_MEMBER);
+  if (found < 0) return false;
+  const at = start + found;
   let value = 0;
   for (let i = at + SIZE_MEMBER.length; i < end; i++) {
     const digit = data[i]! - 48;

@@ -93,3 +93,27 @@ void test("frozen nodes cannot be changed, and a changed copy is checked and enc
     await repo.close();
   }
 });
+
+void test("readTree with filesOfAtLeast yields exactly the file nodes of that size or more, and still checks the tree", async () => {
+  const { repo } = await newRepo();
+  try {
+    const w = await repo.startBackup({ runId: "sizes" });
+    await w.addNode(dirNode("d"));
+    const files: [string, number][] = [
+      ["d/a", 50],
+      ["d/b", 150],
+      ['d/x"size":999999', 10], // the member's text inside a name: escaped, never taken for it
+      ["d/y-size-200", 200],
+    ];
+    for (const [path, size] of files) await w.addFile(fileNode(path, { size }), pieces(Buffer.alloc(size, 1)));
+    const { snapshot } = await w.commit(META);
+    const big = await collect(repo.readTree(snapshot, undefined, { filesOfAtLeast: 150 }));
+    assert.deepEqual(
+      big.map((n) => n.path),
+      ["d/b", "d/y-size-200"],
+    );
+    assert.deepEqual(await collect(repo.readTree(snapshot, undefined, { filesOfAtLeast: 1_000_000 })), []);
+  } finally {
+    await repo.close();
+  }
+});
