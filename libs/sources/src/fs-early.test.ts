@@ -13,6 +13,7 @@ import { mkdir, readFile, rename, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { test } from "node:test";
 import { LOCAL_FILE_MAX_BYTES, type Repository, type SnapshotManifest, type TreeNode } from "@iotvault/repo";
+import { EarlyReads } from "./fs/early.js";
 import { restoreToDirectory } from "./fs/restore.js";
 import { backup, describeTree, withSandbox } from "./test-util.js";
 
@@ -91,3 +92,62 @@ for (const workers of [1, 2]) {
     );
   });
 }
+
+void test("early reads run one after the other: a file decided on while another is read is read next", async () => {
+  await withSandbox(
+    async ({ dir, repo }) => {
+      const src = dir("src");
+      await mkdir(src, { recursive: true });
+      for (const name of ["a.bin", "b.bin", "c.bin"]) await writeFile(join(src, name), randomBytes(LARGE));
+      const full = await backup(repo, "full", { root: src });
+      for (const name of ["a.bin", "b.bin", "c.bin"]) await insertInMiddle(join(src, name), randomBytes(4096));
+
+      // No walk: the scan decides on all three while the first is being read; each of the
+      // others must be read in turn (none dropped), the reads never overlapping.
+      const writer = await repo.startBackup({ runId: "queued", parent: full.snapshot });
+      const seen: string[] = [];
+      let allRead!: () => void;
+      const three = new Promise<void>((resolve) => (allRead = resolve));
+      const early = new EarlyReads(repo, writer, {
+        root: src,
+        parent: full.snapshot,
+        backedUp: () => true,
+        changed: () => true,
+        attempts: 3,
+        onRead: (path) => {
+          seen.push(path);
+          if (seen.length === 3) allRead();
+        },
+      });
+      const timeout = setTimeout(() => allRead(), 60_000); // (a file dropped from the queue is never read)
+      await three;
+      clearTimeout(timeout);
+      assert.deepEqual(seen, ["a.bin", "b.bin", "c.bin"]);
+      const handles = await Promise.all(seen.map((p) => early.claim(p)));
+      await early.close();
+      for (const [i, name] of seen.entries()) {
+        const abs = join(src, name);
+        const outcome = await writer.addLocalFile(abs, LARGE + 4096, {
+          early: handles[i],
+          node: (s) => ({
+            path: name,
+            type: "file",
+            mode: s.mode & 0o7777,
+            mtimeNs: "1",
+            uid: s.uid,
+            gid: s.gid,
+            size: s.size,
+          }),
+        });
+        assert.ok(outcome.added);
+      }
+      const { snapshot } = await writer.commit({ jobId: "j", jobName: "j", source: "fs:x", backupType: "incremental" });
+      assert.equal(snapshot.stats.bytesRead, 3 * (LARGE + 4096), "each file read once, early");
+      const restored = dir("restored");
+      await restoreToDirectory(repo, snapshot, { target: restored, verify: true });
+      for (const name of seen)
+        assert.ok((await readFile(join(restored, name))).equals(await readFile(join(src, name))));
+    },
+    { workers: 2 },
+  );
+});
