@@ -29,7 +29,7 @@ export {
   type LocalFileOptions,
   type LocalFileOutcome,
 } from "./backup.js";
-export type { LocalFileStat, NewFile } from "./pipeline-core.js";
+export { NEW_FILE_FLAGS, type LocalFileStat, type NewFile } from "./pipeline-core.js";
 export type { FileReader, ReadAheadOptions } from "./read-ahead.js";
 export type { BackupStatsInfo, BackupTypeName, SnapshotManifest, SnapshotMeta, TreeRef } from "./snapshot.js";
 export { snapshotGroupId } from "./snapshot.js";

@@ -75,6 +75,9 @@ export interface BlobRef {
  * the restore's thread makes no call for it. Checked first: a plaintext whose SHA-256 is not
  * `sha256` is never written. On any failure nothing is left at `tmp` or `final`.
  */
+/** How a restored file is created under its temporary name: new, never through a symlink. */
+export const NEW_FILE_FLAGS = constants.O_RDWR | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
+
 export interface NewFile {
   tmp: string;
   final: string;
@@ -487,7 +490,7 @@ function writeNewFile(f: NewFile, plain: Uint8Array, sha256: string): Unsealed |
     return { ok: false, problem: "its content does not match the sha256 recorded in the snapshot" };
   let fd: number | undefined;
   try {
-    fd = openSync(f.tmp, constants.O_RDWR | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, f.mode);
+    fd = openSync(f.tmp, NEW_FILE_FLAGS, f.mode);
   } catch (err) {
     return targetFailure("creating the restored file failed", err);
   }

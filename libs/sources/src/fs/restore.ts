@@ -48,6 +48,7 @@ import { dirname, join, resolve, sep } from "node:path";
 import { promisify } from "node:util";
 import { IotvaultError, toIotvaultError } from "@iotvault/errors";
 import {
+  NEW_FILE_FLAGS,
   unsafePathReason,
   type FileReader,
   type Repository,
@@ -461,7 +462,6 @@ class FsRestore {
   private async writeFile(node: TreeNode, tmp: string, abs: string, inCreatedDir: boolean): Promise<void> {
     // The final mode at creation when the umask keeps it whole (no fchmod then); else 0600 and fchmod.
     const modeAtCreation = (node.mode & 0o7000) === 0 && (node.mode & UMASK) === 0;
-    const flags = constants.O_RDWR | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
     const createMode = modeAtCreation ? node.mode : 0o600;
     // A new file is owned by this process; in a directory this restore made (no setgid
     // parent) no chown is needed when that is the owner recorded.
@@ -486,9 +486,9 @@ class FsRestore {
     let fd: number;
     if (this.syncCalls()) {
       const started = performance.now();
-      fd = openSync(tmp, flags, createMode);
+      fd = openSync(tmp, NEW_FILE_FLAGS, createMode);
       this.timed(started);
-    } else fd = await fsAsync.open(tmp, flags, createMode);
+    } else fd = await fsAsync.open(tmp, NEW_FILE_FLAGS, createMode);
     let closed = false;
     try {
       const size = await this.reader.write(node, fd);
