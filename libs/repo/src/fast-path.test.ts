@@ -14,7 +14,19 @@ import type { MemoryStore } from "@iotvault/storage";
 import { packKey } from "./format.js";
 import type { LocalFileStat } from "./pipeline-core.js";
 import { Repository } from "./repository.js";
-import { FAST, META, PASSWORD, collect, coreOf, fileNode, jsonLines, newRepo, pieces, random } from "./test-util.js";
+import {
+  FAST,
+  META,
+  PASSWORD,
+  collect,
+  coreOf,
+  fileNode,
+  jsonLines,
+  newRepo,
+  pieces,
+  random,
+  readAll,
+} from "./test-util.js";
 import type { TreeNode } from "./tree.js";
 
 function withDir<T>(fn: (dir: string) => Promise<T>): Promise<T> {
@@ -327,4 +339,44 @@ void test("addLocalFile waits while a full pack waits for its upload: a slow sto
       await repo.close();
     }
   });
+});
+
+void test("commit stores the last pack beside the one still being stored, and no more at once", async () => {
+  const { store, repo } = await newRepo({
+    ...FAST,
+    packSizeBytes: 256 * 1024,
+    chunker: { minSize: 16 * 1024, avgSize: 64 * 1024, maxSize: 128 * 1024 },
+  });
+  // The first pack's upload is held until a second upload starts (or 20 s pass: then it was not).
+  let second!: () => void;
+  const secondStarted = new Promise<void>((resolve) => (second = resolve));
+  let puts = 0;
+  let running = 0;
+  let most = 0;
+  const put = store.put.bind(store);
+  store.put = async (...args) => {
+    if (!args[0].startsWith("data/")) return put(...args);
+    const nth = ++puts;
+    most = Math.max(most, ++running);
+    try {
+      if (nth === 1) await Promise.race([secondStarted, sleep(20_000)]);
+      else second();
+      return await put(...args);
+    } finally {
+      running--;
+    }
+  };
+  try {
+    const w = await repo.startBackup({ runId: "last-pack" });
+    const data = random(400 * 1024);
+    const node = await w.addFile(fileNode("a.bin"), pieces(data, 64 * 1024));
+    const { snapshot } = await w.commit(META);
+    assert.ok(puts >= 2, `${puts} packs`);
+    assert.equal(most, 2, "the last pack was stored while the first still was, and never more than two at once");
+    assert.deepEqual((await collect(repo.readTree(snapshot))).find((n) => n.path === "a.bin")?.sha256, node.sha256);
+    assert.ok((await readAll(repo.readFile(node))).equals(data));
+  } finally {
+    second();
+    await repo.close();
+  }
 });

@@ -37,6 +37,12 @@ export class Packer {
   private indexChain: Promise<void> = Promise.resolve();
   private indexTimer: NodeJS.Timeout | undefined;
   private failure: Error | undefined;
+  /**
+   * Set by flush: the last pack is stored beside the one still being stored instead of after it
+   * (its buffer is filled already, so this costs no memory; at the end of a run the upload of
+   * the pack before it is otherwise all the backup waits for).
+   */
+  private finishing = false;
 
   constructor(
     private readonly core: RepoCore,
@@ -104,6 +110,7 @@ export class Packer {
   async flush(): Promise<void> {
     await Promise.all([...this.sealing]);
     this.check();
+    this.finishing = true;
     while (this.cutting || this.builder.count > 0) await this.cutPack();
     await Promise.all([...this.uploads]);
     this.check();
@@ -155,17 +162,20 @@ export class Packer {
 
   /**
    * A full pack waits for an upload slot before the next pack takes a buffer, so that at most
-   * `uploadsInFlight` packs are being stored plus one finished or being filled (memory).
+   * `uploadsInFlight` packs are being stored plus one finished or being filled (memory); the
+   * last pack of a flush takes one more slot.
    */
   private async cutNow(): Promise<void> {
     const packSize = this.core.options.packSizeBytes;
     for (;;) {
       const pack = this.builder.finish(this.core.currentKey());
-      while (this.uploads.size >= this.core.options.uploadsInFlight) await Promise.race(this.uploads);
+      const slots = this.core.options.uploadsInFlight + (this.finishing ? 1 : 0);
+      while (this.uploads.size >= slots) await Promise.race(this.uploads);
       const upload = this.upload(pack).catch((err: unknown) => this.fail(err));
       this.uploads.add(upload);
       void upload.finally(() => this.uploads.delete(upload));
-      this.builder = new PackBuilder(this.takeBuffer());
+      // After the last pack nothing more is added: no buffer for a next one.
+      this.builder = this.finishing && this.held.length === 0 ? new PackBuilder() : new PackBuilder(this.takeBuffer());
       // The held blobs, with the same cut rule: a pack ends at the first blob that reaches the size.
       while (this.held.length > 0 && this.builder.bytes < packSize) this.builder.add(this.held.shift()!);
       if (this.builder.bytes < packSize) return;
