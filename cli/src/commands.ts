@@ -8,7 +8,6 @@ import { readKeyFile, readRepositoryPassword, readRepositorySecret } from "@iotv
 import { IotvaultError } from "@iotvault/errors";
 import {
   BackupType,
-  type CatalogServiceClient,
   CreateJobRequest,
   Job,
   Run,
@@ -511,50 +510,91 @@ export async function backup(ctx: Context, argv: string[]): Promise<void> {
 }
 
 /**
- * How long `backup --wait` sleeps between two looks at the run: a run's end is seen on average
- * half an interval late, which counts in a backup of a few seconds and not in one of an hour.
+ * How long `backup --wait` sleeps between two looks at the run when it polls (a catalog without
+ * WatchRun): a run's end is seen on average half an interval late, which counts in a backup of a
+ * few seconds and not in one of an hour.
  */
 function pollIntervalMs(elapsedMs: number): number {
   return elapsedMs < 60_000 ? 100 : 500;
 }
 
-/** Polls the catalog until the run is over, with a progress bar on a TTY. */
+const TERMINAL = [RunStatus.RUN_STATUS_SUCCEEDED, RunStatus.RUN_STATUS_FAILED, RunStatus.RUN_STATUS_CANCELLED];
+
+/**
+ * Follows the run until it is over, with a progress bar on a TTY: through the catalog's WatchRun
+ * stream (the run's end is seen as soon as the catalog applied it), or by polling GetRun when the
+ * catalog does not offer WatchRun or the stream ends early (a catalog restarting).
+ */
 async function waitForRun(ctx: Context, runId: string, timeoutMs: number): Promise<Run> {
-  const c: CatalogServiceClient = ctx.catalog;
   const bar = new ProgressBar();
-  const started = Date.now();
-  const deadline = started + timeoutMs;
+  const deadline = Date.now() + timeoutMs;
+  const timedOut = (err: unknown): never => {
+    throw err instanceof IotvaultError && err.code === "DEADLINE_EXCEEDED"
+      ? new IotvaultError("DEADLINE_EXCEEDED", `run ${runId} did not finish within ${timeoutMs / 1000} s`, {
+          hint: "it may still be running: check `iotvault runs`; is an executor up for the job's site?",
+        })
+      : err;
+  };
+  const show = (run: Run | undefined): void =>
+    bar.update({
+      done: Number(run?.bytesDone ?? 0),
+      total: 0,
+      label: run ? `backup ${short(runId)}` : `queued ${short(runId)}`,
+      detail: run ? `${Number(run.filesDone)} files` : "waiting for an executor",
+    });
   try {
-    while (Date.now() < deadline) {
-      const run = await callUnary(c, "getRun", { runId }).then(
-        (r) => r.run,
-        (err: unknown) => {
-          if (err instanceof IotvaultError && err.code === "NOT_FOUND") return undefined; // queued, not started yet
-          throw err;
-        },
-      );
-      if (
-        run &&
-        [RunStatus.RUN_STATUS_SUCCEEDED, RunStatus.RUN_STATUS_FAILED, RunStatus.RUN_STATUS_CANCELLED].includes(
-          run.status,
-        )
-      ) {
-        return run;
-      }
-      bar.update({
-        done: Number(run?.bytesDone ?? 0),
-        total: 0,
-        label: run ? `backup ${short(runId)}` : `queued ${short(runId)}`,
-        detail: run ? `${Number(run.filesDone)} files` : "waiting for an executor",
-      });
-      await new Promise((r) => setTimeout(r, pollIntervalMs(Date.now() - started)));
-    }
+    show(undefined);
+    return (
+      (await watchRun(ctx, runId, deadline, show).catch(timedOut)) ??
+      (await pollRun(ctx, runId, deadline, show).catch(timedOut))
+    );
   } finally {
     bar.done();
   }
-  throw new IotvaultError("DEADLINE_EXCEEDED", `run ${runId} did not finish within ${timeoutMs / 1000} s`, {
-    hint: "it may still be running: check `iotvault runs`; is an executor up for the job's site?",
-  });
+}
+
+/** The run once over, through WatchRun; undefined when the catalog cannot be watched. */
+async function watchRun(
+  ctx: Context,
+  runId: string,
+  deadline: number,
+  show: (run: Run) => void,
+): Promise<Run | undefined> {
+  const deadlineMs = Math.max(0, deadline - Date.now());
+  try {
+    for await (const { run } of callServerStream(ctx.catalog, "watchRun", { runId }, { deadlineMs })) {
+      if (!run) continue;
+      if (TERMINAL.includes(run.status)) return run;
+      show(run);
+    }
+  } catch (err) {
+    // An older catalog (UNIMPLEMENTED) or one that went away meanwhile: polling says what is true.
+    if (!(err instanceof IotvaultError && ["UNIMPLEMENTED", "UNAVAILABLE"].includes(err.code))) throw err;
+  }
+  return undefined;
+}
+
+/** Polls GetRun until the run is over. */
+async function pollRun(
+  ctx: Context,
+  runId: string,
+  deadline: number,
+  show: (run: Run | undefined) => void,
+): Promise<Run> {
+  const started = Date.now();
+  while (Date.now() < deadline) {
+    const run = await callUnary(ctx.catalog, "getRun", { runId }).then(
+      (r) => r.run,
+      (err: unknown) => {
+        if (err instanceof IotvaultError && err.code === "NOT_FOUND") return undefined; // queued, not started yet
+        throw err;
+      },
+    );
+    if (run && TERMINAL.includes(run.status)) return run;
+    show(run);
+    await new Promise((r) => setTimeout(r, pollIntervalMs(Date.now() - started)));
+  }
+  throw new IotvaultError("DEADLINE_EXCEEDED", `run ${runId} is not over`);
 }
 
 // ---------------------------------------------------------------------------------------------- runs, snapshots

@@ -104,6 +104,38 @@ describe("iotvault end to end (five services, real NATS, PostgreSQL, gRPC)", { t
       assert.match(text.stdout, new RegExp(`\\[${s}\\]`));
   });
 
+  it("backup --wait follows the run through the catalog's WatchRun stream, and gives up at --timeout", async () => {
+    // The first backup's wait was a WatchRun call, not a GetRun poll: the catalog's server span.
+    const catalogSpans = await readFile(join(stack.env["IOTVAULT_HOME"]!, "traces", "catalog.jsonl"), "utf8");
+    const names = catalogSpans
+      .split("\n")
+      .filter(Boolean)
+      .map((l) => (JSON.parse(l) as { name: string }).name);
+    assert.ok(names.includes("CatalogService/WatchRun"), "no WatchRun call reached the catalog");
+    // No executor serves the site "nowhere": the run stays queued and the wait ends at its timeout.
+    await stack.cliJson([
+      "job",
+      "create",
+      "gw-nowhere",
+      "--source",
+      `fs:${src}`,
+      "--repo",
+      "main",
+      "--site",
+      "nowhere",
+    ]);
+    try {
+      const started = Date.now();
+      const r = await stack.cli(["backup", "gw-nowhere", "--wait", "--timeout", "1"]);
+      assert.notEqual(r.code, 0);
+      assert.match(r.stderr, /did not finish within 1 s/);
+      assert.match(r.stderr, /is an executor up for the job's site/);
+      assert.ok(Date.now() - started < 20_000, "the wait ended near its timeout");
+    } finally {
+      await stack.cliJson(["job", "delete", "gw-nowhere"]);
+    }
+  });
+
   it("sends a malformed event to the dead-letter subject with the reason, and the catalog keeps going", async () => {
     const nc = await connect({ servers: stack.nats.url });
     try {

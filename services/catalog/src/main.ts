@@ -10,6 +10,7 @@ import { startGrpcServer } from "@iotvault/rpc";
 import { createLogger, startTelemetry, exitOnStartupError } from "@iotvault/telemetry";
 import { catalogService } from "./service.js";
 import { CatalogStore } from "./store.js";
+import { RunWatches, runIdOf } from "./watch.js";
 
 async function main(): Promise<void> {
   const config = loadConfig(process.env);
@@ -20,6 +21,7 @@ async function main(): Promise<void> {
     otlpEndpoint: config.telemetry.otlpEndpoint,
   });
   const store = await CatalogStore.open(config.database.url, { passwordFile: config.database.passwordFile });
+  const watches = new RunWatches((runId) => store.getRun(runId));
   const bus = await Bus.connect({
     url: config.nats.url,
     name: "iotvault-catalog",
@@ -46,6 +48,9 @@ async function main(): Promise<void> {
         subject: msg.subject,
         streamSequence: msg.streamSequence,
       });
+      // WatchRun calls following this run look at it again now.
+      const runId = runIdOf(msg.payload);
+      if (runId) watches.changed(runId);
     },
   });
 
@@ -64,7 +69,11 @@ async function main(): Promise<void> {
     serviceName: "catalog",
     logger,
     services: [
-      { name: "iotvault.v1.CatalogService", definition: CatalogServiceService, implementation: catalogService(store) },
+      {
+        name: "iotvault.v1.CatalogService",
+        definition: CatalogServiceService,
+        implementation: catalogService(store, watches),
+      },
     ],
   });
   logger.info("catalog ready", { grpc: server.address });

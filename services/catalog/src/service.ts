@@ -3,15 +3,20 @@
  */
 import { IotvaultError } from "@iotvault/errors";
 import type { CatalogServiceServer, RebuildRepositoryRequest, Snapshot } from "@iotvault/proto";
-import { clientStream, unary } from "@iotvault/rpc";
+import { clientStream, serverStream, unary } from "@iotvault/rpc";
 import type { CatalogStore } from "./store.js";
+import type { RunWatches } from "./watch.js";
 
-export function catalogService(store: CatalogStore): CatalogServiceServer {
+export function catalogService(store: CatalogStore, watches: RunWatches): CatalogServiceServer {
   return {
     listRuns: unary(async (req) => ({
       runs: await store.listRuns({ job: req.job, status: req.status, limit: req.limit }),
     })),
     getRun: unary(async (req) => ({ run: await store.getRun(req.runId) })),
+    watchRun: serverStream(async function* (req, _call, signal) {
+      if (!req.runId) throw new IotvaultError("INVALID_ARGUMENT", "WatchRun: run_id is required");
+      for await (const run of watches.watch(req.runId, signal)) yield { run };
+    }),
     listSnapshots: unary(async (req) => ({
       snapshots: await store.listSnapshots({
         job: req.job,
