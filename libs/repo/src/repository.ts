@@ -436,19 +436,25 @@ export class Repository {
     this.checkOpen();
     this.sealer.warm();
     const id = this.snapshotIdFor(options.runId);
-    if (await this.hasSnapshot(id)) {
-      throw new IotvaultError("ALREADY_EXISTS", `run ${options.runId} already has snapshot ${id}`, {
-        hint: "the run was committed before; load that snapshot instead of backing up again",
-      });
+    // Whether the run was committed before is asked while the lock is taken (one round trip less
+    // before the backup starts); under the lock the index is brought up to date: a prune that ran
+    // since it was loaded must not be deduplicated against.
+    const [committed, locked] = await Promise.allSettled([
+      this.hasSnapshot(id),
+      this.acquireIndexed("shared", {
+        purpose: `${BACKUP_LOCK_PURPOSE}${options.runId}`,
+        waitMs: options.lockWaitMs,
+        signal: options.signal,
+      }),
+    ]);
+    if (locked.status === "rejected") {
+      if (committed.status === "fulfilled" && committed.value) throw alreadyCommitted(options.runId, id);
+      throw locked.reason;
     }
-    // Under the lock the index is brought up to date: a prune that ran since it was loaded must
-    // not be deduplicated against.
-    const lock = await this.acquireIndexed("shared", {
-      purpose: `${BACKUP_LOCK_PURPOSE}${options.runId}`,
-      waitMs: options.lockWaitMs,
-      signal: options.signal,
-    });
+    const lock = locked.value;
     try {
+      if (committed.status === "rejected") throw committed.reason;
+      if (committed.value) throw alreadyCommitted(options.runId, id);
       // Packs a killed backup stored without indexing them are indexed now and reused. A killed
       // backup leaves its lock behind (a cancelled or failed one indexes what it stored, then
       // lets its lock go), so the store's packs are listed only when another backup's lock is
@@ -746,4 +752,10 @@ async function unlock(
   }
   if (tried === 0 && firstError !== undefined) throw storeError(firstError, "reading the key slots");
   throw wrongKey(store, slotIds.length, password);
+}
+
+function alreadyCommitted(runId: string, snapshotId: string): IotvaultError {
+  return new IotvaultError("ALREADY_EXISTS", `run ${runId} already has snapshot ${snapshotId}`, {
+    hint: "the run was committed before; load that snapshot instead of backing up again",
+  });
 }
