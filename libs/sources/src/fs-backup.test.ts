@@ -186,21 +186,27 @@ void test("a name that is not valid UTF-8 is skipped with a warning naming its b
     const src = dir("src");
     await mkdir(join(src, "etc"), { recursive: true });
     await writeFile(join(src, "etc/ok.conf"), "ok");
-    // Latin-1 "caf\xe9.conf": a valid Linux name, not valid UTF-8.
-    writeFileSync(
-      Buffer.concat([Buffer.from(join(src, "etc") + "/"), Buffer.from([0x63, 0x61, 0x66, 0xe9]), Buffer.from(".conf")]),
-      "x",
-    );
+    // Latin-1 "caf\xe9.conf": a valid Linux name, not valid UTF-8; so are an overlong "/" and
+    // an encoded UTF-16 surrogate. A name of valid multi-byte UTF-8 is kept.
+    const named = (...bytes: number[]) => Buffer.concat([Buffer.from(join(src, "etc") + "/"), Buffer.from(bytes)]);
+    writeFileSync(named(0x63, 0x61, 0x66, 0xe9, 0x2e, 0x63, 0x6f, 0x6e, 0x66), "x");
+    writeFileSync(named(0x61, 0xc0, 0xaf), "x");
+    writeFileSync(named(0x62, 0xed, 0xa0, 0x80), "x");
+    writeFileSync(named(0xe2, 0x82, 0xac), "x"); // "€"
     const warnings: { path: string; message: string }[] = [];
     const writer = await repo.startBackup({ runId: "latin1" });
     const result = await backupDirectory(repo, writer, { root: src, onWarning: (w) => warnings.push(w) });
     const { snapshot } = await writer.commit({ jobId: "j", jobName: "j", source: "fs:x", backupType: "full" });
     const paths: string[] = [];
     for await (const n of repo.readTree(snapshot)) paths.push(n.path);
-    assert.deepEqual(paths, ["etc", "etc/ok.conf"]);
-    assert.equal(result.warnings, 1);
-    assert.equal(warnings[0]!.path, "etc/caf\\xe9.conf");
-    assert.match(warnings[0]!.message, /not valid UTF-8/);
+    assert.deepEqual(paths, ["etc", "etc/ok.conf", "etc/€"]);
+    assert.equal(result.warnings, 3);
+    assert.deepEqual(warnings.map((w) => w.path).sort(), [
+      "etc/a\\xc0\\xaf",
+      "etc/b\\xed\\xa0\\x80",
+      "etc/caf\\xe9.conf",
+    ]);
+    for (const w of warnings) assert.match(w.message, /not valid UTF-8/);
   });
 });
 

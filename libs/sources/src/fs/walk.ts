@@ -10,6 +10,7 @@
  * skipped with a warning that names it (bytes escaped as \xNN) instead of being stored under a
  * mangled name that would restore as a different file.
  */
+import { isUtf8 } from "node:buffer";
 import { readdir } from "node:fs/promises";
 import { lstatSync, type BigIntStats } from "node:fs";
 import { join } from "node:path";
@@ -49,9 +50,8 @@ async function listDir(abs: string, rel: string, hooks: WalkHooks): Promise<Walk
   }
   const names: string[] = [];
   for (const bytes of raw) {
-    const name = bytes.toString("utf8");
-    if (Buffer.byteLength(name, "utf8") === bytes.length && Buffer.from(name, "utf8").equals(bytes)) {
-      names.push(name);
+    if (isUtf8(bytes)) {
+      names.push(bytes.toString("utf8"));
     } else {
       const shown = escapeName(bytes);
       hooks.warn(
