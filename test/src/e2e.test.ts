@@ -105,13 +105,17 @@ describe("iotvault end to end (five services, real NATS, PostgreSQL, gRPC)", { t
   });
 
   it("backup --wait follows the run through the catalog's WatchRun stream, and gives up at --timeout", async () => {
-    // The first backup's wait was a WatchRun call, not a GetRun poll: the catalog's server span.
-    const catalogSpans = await readFile(join(stack.env["IOTVAULT_HOME"]!, "traces", "catalog.jsonl"), "utf8");
-    const names = catalogSpans
-      .split("\n")
-      .filter(Boolean)
-      .map((l) => (JSON.parse(l) as { name: string }).name);
-    assert.ok(names.includes("CatalogService/WatchRun"), "no WatchRun call reached the catalog");
+    // The first backup's wait was a WatchRun call, not a GetRun poll: the catalog's server span
+    // (span files are appended to as spans end).
+    const spanFile = join(stack.env["IOTVAULT_HOME"]!, "traces", "catalog.jsonl");
+    await waitFor(
+      async () =>
+        (await readFile(spanFile, "utf8").catch(() => ""))
+          .split("\n")
+          .filter(Boolean)
+          .some((l) => (JSON.parse(l) as { name: string }).name === "CatalogService/WatchRun") || undefined,
+      { timeoutMs: 10_000, what: "a WatchRun span of the catalog" },
+    );
     // No executor serves the site "nowhere": the run stays queued and the wait ends at its timeout.
     await stack.cliJson([
       "job",
