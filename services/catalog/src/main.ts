@@ -85,6 +85,7 @@ async function main(): Promise<void> {
     logger.info("shutting down", { signal });
     clearInterval(pruneTimer);
     await consumer.stop();
+    watches.close();
     await server.shutdown(5000);
     await bus.close();
     await store.close();

@@ -136,6 +136,30 @@ describe("WatchRun (real PostgreSQL, real gRPC)", () => {
     await waitFor(() => woken.count(runId) === 0 || undefined, { what: "the watch to end" });
   });
 
+  it("close() ends every watch at once (a catalog shutting down), and no new one waits", async () => {
+    const closing = new RunWatches((runId) => store.getRun(runId), { recheckMs: 600_000 });
+    const own = await serve(store, closing);
+    const ownClient = createClient(CatalogServiceClient, own.address);
+    try {
+      const read = (runId: string) =>
+        (async () => {
+          let n = 0;
+          for await (const _ of callServerStream(ownClient, "watchRun", { runId }, { deadlineMs: 30_000 })) n++;
+          return n;
+        })();
+      const a = read("watch-close-a");
+      const b = read("watch-close-b");
+      await waitFor(() => closing.count() === 2 || undefined, { what: "two watches" });
+      closing.close();
+      assert.deepEqual(await Promise.all([a, b]), [0, 0], "both streams ended, nothing sent");
+      assert.equal(closing.count(), 0);
+      assert.equal(await read("watch-close-c"), 0, "a watch after close() ends at once");
+    } finally {
+      ownClient.close();
+      await own.shutdown(1000);
+    }
+  });
+
   it("refuses a call without a run id", async () => {
     await assert.rejects(
       (async () => {

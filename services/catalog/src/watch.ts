@@ -23,6 +23,7 @@ export interface RunWatchOptions {
 export class RunWatches {
   private readonly waiting = new Map<string, Set<() => void>>();
   private readonly recheckMs: number;
+  private closed = false;
 
   constructor(
     private readonly getRun: (runId: string) => Promise<Run>,
@@ -34,6 +35,15 @@ export class RunWatches {
   /** Wakes the watches of `runId` (an event about it was applied). */
   changed(runId: string): void {
     for (const wake of this.waiting.get(runId) ?? []) wake();
+  }
+
+  /**
+   * Ends every watch (their streams end without a terminal run; the CLI then polls): a catalog
+   * shutting down does not wait for the watches' clients. No watch starts after it.
+   */
+  close(): void {
+    this.closed = true;
+    for (const set of this.waiting.values()) for (const wake of set) wake();
   }
 
   /** Watches of a run being followed now (for tests and metrics). */
@@ -62,7 +72,7 @@ export class RunWatches {
     signal.addEventListener("abort", onAbort);
     try {
       let last: string | undefined;
-      while (!signal.aborted) {
+      while (!signal.aborted && !this.closed) {
         if (dirty) {
           dirty = false;
           const run = await this.getRun(runId).catch((err: unknown) => {
@@ -78,7 +88,7 @@ export class RunWatches {
             if (TERMINAL_RUN_STATUSES.includes(run.status)) return;
           }
         }
-        if (dirty || signal.aborted) continue;
+        if (dirty || signal.aborted || this.closed) continue;
         await new Promise<void>((resolve) => {
           const timer = setTimeout(() => {
             dirty = true;
