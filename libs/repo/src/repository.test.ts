@@ -129,6 +129,8 @@ void test("a committed run is visible by id; committing the same run again is re
     assert.equal(snapshot.id, repo.snapshotIdFor("run-x"));
     assert.equal(await repo.hasSnapshot(snapshot.id), true);
     await assert.rejects(repo.startBackup({ runId: "run-x" }), (err: unknown) => isCode(err, "ALREADY_EXISTS"));
+    // The refused start left no lock behind: an exclusive one is granted without waiting.
+    await (await repo.lockIndexed("exclusive", { waitMs: 0 })).release();
     const loaded = await repo.loadSnapshot(snapshot.id);
     assert.deepEqual(loaded, snapshot);
     assert.deepEqual(loaded.tags, ["nightly"]);
