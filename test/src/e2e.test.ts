@@ -140,6 +140,32 @@ describe("iotvault end to end (five services, real NATS, PostgreSQL, gRPC)", { t
     }
   });
 
+  it("derives a new repository's key ahead: the executor when a job for it is created, the restore service when a backup into it completes", async () => {
+    const small = join(data.path, "small");
+    await mkdir(small, { recursive: true });
+    await writeFile(join(small, "settings.yaml"), "sampling_hz: 10\n");
+    await stack.cliJson(["repo", "init", "second", "--url", `file://${join(data.path, "second-repository")}`]);
+    await stack.cliJson(["job", "create", "gw-second", "--source", `fs:${small}`, "--repo", "second"]);
+    const prepared = (service: "executor" | "restore", reason: string) =>
+      waitFor(
+        async () =>
+          (await readFile(stack.logFile(service), "utf8"))
+            .split("\n")
+            .filter((l) => l.includes('"msg":"repository key prepared"'))
+            .map((l) => JSON.parse(l) as { repository: string; reason: string })
+            .find((l) => l.repository === "second" && l.reason === reason),
+        { timeoutMs: 30_000, intervalMs: 100, what: `the ${service} to derive the key of "second" (${reason})` },
+      );
+    await prepared("executor", "job created");
+    const run = await stack.cliJson(["backup", "gw-second", "--wait"]);
+    assert.equal(run.status, "RUN_STATUS_SUCCEEDED", JSON.stringify(run));
+    await prepared("restore", "backup completed");
+    const target = join(data.path, "restore-second");
+    const restored = await stack.cliJson(["restore", run.snapshotId, "--to", target]);
+    assert.equal(restored.verified, true);
+    assert.equal(await readFile(join(target, "settings.yaml"), "utf8"), "sampling_hz: 10\n");
+  });
+
   it("sends a malformed event to the dead-letter subject with the reason, and the catalog keeps going", async () => {
     const nc = await connect({ servers: stack.nats.url });
     try {

@@ -2,9 +2,9 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import { BackupCompleted, BackupRequested, STREAMS, SUBJECTS } from "@iotvault/proto";
 import { isCode } from "@iotvault/errors";
-import { freePort, startNats } from "@iotvault/testing";
+import { freePort, startNats, waitFor } from "@iotvault/testing";
 import { Bus, EVENT_TYPE_HEADER } from "./index.js";
-import { backupRequest, busFixture, recordingLogger } from "./test-helpers.js";
+import { backupRequest, busFixture, publishRaw, recordingLogger } from "./test-helpers.js";
 
 const DAY_NS = 24 * 60 * 60 * 1e9;
 
@@ -142,6 +142,59 @@ void test("publish sends canonical proto3 JSON with type and msg-id headers; a r
     assert.equal(stored.header.has("traceparent"), false, "no active span, no traceparent");
     assert.deepEqual(stored.json(), BackupRequested.toJSON(backupRequest("run-1")));
     assert.equal((await f.bus.jsm.streams.info(STREAMS.work.name)).state.messages, 2);
+  } finally {
+    await f.close();
+  }
+});
+
+void test("watch follows published events without a consumer, skips what does not decode, and ends when asked", async () => {
+  const f = await busFixture();
+  try {
+    const seen: BackupCompleted[] = [];
+    const watcher = await f.connect("watcher");
+    const stop = watcher.watch(SUBJECTS.backupCompleted, BackupCompleted, (e) => {
+      seen.push(e);
+      if (e.runId === "throws") throw new Error("the handler failed");
+    });
+    await watcher.nc.flush();
+    const completed = (runId: string) =>
+      f.bus.publish(SUBJECTS.backupCompleted, BackupCompleted, BackupCompleted.create({ runId, repository: "main" }), {
+        msgId: `${runId}:completed`,
+      });
+    await completed("run-1");
+    // Another type under the subject, bytes that are no JSON, a handler that throws: skipped or
+    // logged, and the events after them still arrive.
+    await publishRaw(f.bus, SUBJECTS.backupCompleted, JSON.stringify({ runId: "x" }), {
+      [EVENT_TYPE_HEADER]: "iotvault.v1.BackupFailed",
+    });
+    await publishRaw(f.bus, SUBJECTS.backupCompleted, "not json", {
+      [EVENT_TYPE_HEADER]: "iotvault.v1.BackupCompleted",
+    });
+    await completed("throws");
+    await completed("run-2");
+    await waitFor(() => (seen.length === 3 ? true : undefined), { timeoutMs: 5000, what: "three events" });
+    assert.deepEqual(
+      seen.map((e) => [e.runId, e.repository]),
+      [
+        ["run-1", "main"],
+        ["throws", "main"],
+        ["run-2", "main"],
+      ],
+    );
+    const warnings = f.logger.entries.filter((e) => e.level === "warn").map((e) => e.msg);
+    assert.deepEqual(warnings, [
+      "skipping an event that does not decode",
+      "skipping an event that does not decode",
+      "an event watcher failed",
+    ]);
+    // No consumer was made for it.
+    assert.equal((await f.bus.jsm.consumers.list(STREAMS.events.name).next()).length, 0);
+    stop();
+    await watcher.nc.flush();
+    await completed("run-3");
+    await f.bus.nc.flush();
+    await watcher.nc.flush();
+    assert.equal(seen.length, 3, "nothing after the watch ended");
   } finally {
     await f.close();
   }

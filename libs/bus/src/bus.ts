@@ -18,7 +18,7 @@ import { IotvaultError } from "@iotvault/errors";
 import { BusConsumer, type DeadLetterInput } from "./consumer.js";
 import { errorFields, stderrLogger } from "./logger.js";
 import { redactUrl, toBusError } from "./nats-errors.js";
-import { encodePayload, EVENT_TYPE_HEADER, typeNameOf } from "./payload.js";
+import { decodePayload, encodePayload, EVENT_TYPE_HEADER, typeNameOf } from "./payload.js";
 import { desiredStreams, ensureStream } from "./streams.js";
 import { injectTraceContext, inSpan } from "./trace.js";
 import type {
@@ -161,6 +161,38 @@ export class Bus {
     await consumer.start();
     this.consumers.add(consumer);
     return consumer;
+  }
+
+  /**
+   * Follows the events published on `subject` with a plain NATS subscription: no consumer, no
+   * acks, nothing replayed. For hints a process can afford to miss while it is down or
+   * disconnected (which repository's key to derive ahead); anything that must be handled goes
+   * through `consume`. An event of another type (its Iotvault-Event-Type header) or one that does
+   * not decode as `codec` is skipped with a warning; what `handler` throws is logged. Returns a
+   * function that ends the subscription; closing the bus ends it too.
+   */
+  watch<T>(subject: string, codec: MessageFns<T>, handler: (payload: T) => void): () => void {
+    const type = typeNameOf(codec);
+    const sub = this.nc.subscribe(subject, {
+      callback: (err, msg) => {
+        if (err) return;
+        const sent = msg.headers?.get(EVENT_TYPE_HEADER);
+        let payload: T;
+        try {
+          if (sent && sent !== type) throw new Error(`an event of type ${sent}, expected ${type}`);
+          payload = decodePayload(codec, msg.data);
+        } catch (e) {
+          this.logger.warn("skipping an event that does not decode", { subject: msg.subject, ...errorFields(e) });
+          return;
+        }
+        try {
+          handler(payload);
+        } catch (e) {
+          this.logger.warn("an event watcher failed", { subject: msg.subject, ...errorFields(e) });
+        }
+      },
+    });
+    return () => sub.unsubscribe();
   }
 
   /** Stops every consumer (waiting for their handlers), then drains and closes the connection. */

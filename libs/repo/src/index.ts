@@ -19,6 +19,7 @@
  */
 export { Repository, workerThreadsOf, type RepositoryOptions } from "./repository.js";
 export { keepWorkerThreadsReady } from "./workers.js";
+export { KeyPreparer } from "./key-prep.js";
 export {
   LOCAL_FILE_MAX_BYTES,
   type AddFileOptions,

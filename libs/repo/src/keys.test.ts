@@ -2,7 +2,8 @@ import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { test } from "node:test";
 import { isCode } from "@iotvault/errors";
-import { MemoryStore } from "@iotvault/storage";
+import { MemoryStore, type ObjectStore } from "@iotvault/storage";
+import { KeyPreparer } from "./key-prep.js";
 import * as keys from "./keys.js";
 import { Repository } from "./repository.js";
 import { FAST, META, PASSWORD, collect, fileNode, newRepo, pieces, random, readAll } from "./test-util.js";
@@ -93,6 +94,49 @@ test("opens at the same time share one derivation; prepareKeys derives ahead and
   await (await Repository.open(b.store, PASSWORD, FAST)).close();
   assert.equal(keys.scryptDerivations, before + 1, "and the open after it used it");
   assert.equal(await Repository.prepareKeys([b.store], OTHER), 0, "a secret that opens nothing prepares nothing");
+});
+
+test("KeyPreparer derives each repository's key once, one at a time, and tries again one that did not open", async () => {
+  const a = await newRepo();
+  const b = await newRepo();
+  await a.repo.close();
+  await b.repo.close();
+  const stores = new Map<string, ObjectStore>([
+    ["a", a.store],
+    ["b", b.store],
+  ]);
+  const storeFor = (name: string) => stores.get(name) ?? new MemoryStore();
+  keys.forgetDerivedKeys();
+  const told: string[] = [];
+  const prep = new KeyPreparer(storeFor, () => PASSWORD, {
+    onPrepared: (info) => told.push(`${info.repository}: ${info.reason}`),
+  });
+  const before = keys.scryptDerivations;
+  // Asked twice at once, once with a repository that is not there yet and an empty name.
+  const [first, second] = await Promise.all([
+    prep.prepare(["a", "later"], "first"),
+    prep.prepare(["a", "b", ""], "second"),
+  ]);
+  assert.deepEqual(first, ["a"]);
+  assert.deepEqual(second, ["b"], "a was being prepared already");
+  assert.equal(keys.scryptDerivations, before + 2, "one derivation each");
+  assert.ok(prep.has("a") && prep.has("b") && !prep.has("later"));
+  assert.deepEqual(told, ["a: first", "b: second"]);
+  assert.deepEqual(await prep.prepare(["b", "a"], "again"), [], "prepared before: nothing to do");
+  await (await Repository.open(a.store, PASSWORD, FAST)).close();
+  assert.equal(keys.scryptDerivations, before + 2, "the open after it found the key");
+  // The repository that did not open is tried again once it is there.
+  const later = await newRepo();
+  await later.repo.close();
+  stores.set("later", later.store);
+  assert.deepEqual(await prep.prepare(["later"], "later"), ["later"]);
+  // A secret that opens nothing, or cannot be read, prepares nothing and never rejects.
+  assert.deepEqual(await new KeyPreparer(storeFor, () => OTHER).prepare(["a"], "other"), []);
+  const unreadable = new KeyPreparer(storeFor, () => {
+    throw new Error("the password file is gone");
+  });
+  assert.deepEqual(await unreadable.prepare(["a"], "unreadable"), []);
+  assert.equal(unreadable.has("a"), false);
 });
 
 test("key remove: refuses the last slot and the slot in use; removes another", async () => {

@@ -6,8 +6,15 @@
  */
 import { Bus } from "@iotvault/bus";
 import { loadConfig, readRepositorySecret, repositoryOptionsOf } from "@iotvault/config";
-import { BackupRequested, STREAMS, SUBJECTS, StorageGatewayServiceClient } from "@iotvault/proto";
-import { Repository, keepWorkerThreadsReady, workerThreadsOf } from "@iotvault/repo";
+import {
+  BackupRequested,
+  JobCreated,
+  JobUpdated,
+  STREAMS,
+  SUBJECTS,
+  StorageGatewayServiceClient,
+} from "@iotvault/proto";
+import { KeyPreparer, keepWorkerThreadsReady, workerThreadsOf } from "@iotvault/repo";
 import { GatewayObjectStore, callUnary, createClient, startGrpcServer } from "@iotvault/rpc";
 import { createLogger, startTelemetry, exitOnStartupError } from "@iotvault/telemetry";
 import { announceDeadLetteredRun, runBackup } from "./backup-run.js";
@@ -70,17 +77,21 @@ async function main(): Promise<void> {
     logger,
   });
   logger.info("executor ready", { site: config.site, grpc: server.address, nats: config.nats.url });
-  // The repositories' keys are derived now rather than by the first run after a start (~0.4 s
-  // of scrypt each, Repository.prepareKeys); best effort.
+  // Keys derived ahead (~0.4 s of scrypt each) rather than by the first run that needs one: of
+  // the repositories there at start, and of each job's repository when a job of this site is
+  // created or changed. Best effort.
+  const keys = new KeyPreparer(storeFor, () => readRepositorySecret(process.env, config.repository), {
+    onPrepared: (info) => logger.info("repository key prepared", info),
+  });
   const prepareStarted = Date.now();
   void callUnary(gateway, "listRepositories", {}, { deadlineMs: 10_000 })
     .then(async ({ repositories }) => {
-      const prepared = await Repository.prepareKeys(
-        repositories.map((r) => storeFor(r.name)),
-        readRepositorySecret(process.env, config.repository),
+      const prepared = await keys.prepare(
+        repositories.map((r) => r.name),
+        "service start",
       );
       logger.info("repository keys prepared", {
-        repositories: prepared,
+        repositories: prepared.length,
         listed: repositories.length,
         ms: Date.now() - prepareStarted,
       });
@@ -90,12 +101,20 @@ async function main(): Promise<void> {
         reason: err instanceof Error ? err.message : String(err),
       }),
     );
+  const jobOfThisSite = (reason: string) => (e: { job?: { repository: string; site: string } | undefined }) => {
+    if (e.job?.site === config.site && !keys.has(e.job.repository)) void keys.prepare([e.job.repository], reason);
+  };
+  const unwatch = [
+    bus.watch(SUBJECTS.jobCreated, JobCreated, jobOfThisSite("job created")),
+    bus.watch(SUBJECTS.jobUpdated, JobUpdated, jobOfThisSite("job updated")),
+  ];
 
   let stopping = false;
   async function shutdown(signal: string): Promise<void> {
     if (stopping) return;
     stopping = true;
     logger.info("shutting down", { signal });
+    for (const stop of unwatch) stop();
     await consumer.stop();
     await server.shutdown(5000);
     gateway.close();

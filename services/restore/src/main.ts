@@ -6,7 +6,9 @@
 import { Bus } from "@iotvault/bus";
 import { loadConfig, readRepositorySecret, repositoryOptionsOf } from "@iotvault/config";
 import {
+  BackupCompleted,
   RestoreServiceService,
+  SUBJECTS,
   StorageGatewayServiceClient,
   type RestoreRequest,
   type RestoreResponse,
@@ -17,7 +19,7 @@ import {
   type VerifyRequest,
   type VerifyResponse,
 } from "@iotvault/proto";
-import { Repository, keepWorkerThreadsReady, workerThreadsOf } from "@iotvault/repo";
+import { KeyPreparer, keepWorkerThreadsReady, workerThreadsOf } from "@iotvault/repo";
 import { GatewayObjectStore, callUnary, createClient, serverStream, startGrpcServer, unary } from "@iotvault/rpc";
 import { createLogger, startTelemetry, exitOnStartupError, type Logger } from "@iotvault/telemetry";
 import { restoreOperation, verifyOperation, type OperationDeps } from "./operations.js";
@@ -112,13 +114,26 @@ async function main(): Promise<void> {
     ],
   });
   logger.info("restore service ready", { grpc: server.address });
-  void prepareKeys(gateway, deps, logger);
+  // Keys derived ahead: of the repositories there now, and of each one a backup completes into
+  // (a new repository's first restore would otherwise wait for scrypt).
+  const keys = new KeyPreparer(
+    (name) => deps.storeFor(name),
+    () => deps.password(),
+    {
+      onPrepared: (info) => logger.info("repository key prepared", info),
+    },
+  );
+  void prepareKeys(gateway, keys, logger);
+  const unwatch = bus.watch(SUBJECTS.backupCompleted, BackupCompleted, (e) => {
+    if (!keys.has(e.repository)) void keys.prepare([e.repository], "backup completed");
+  });
 
   let stopping = false;
   async function shutdown(signal: string): Promise<void> {
     if (stopping) return;
     stopping = true;
     logger.info("shutting down", { signal });
+    unwatch();
     await server.shutdown(10_000);
     gateway.close();
     await bus.close();
@@ -159,22 +174,20 @@ function walFetchCommand(
 
 /**
  * Derives the keys of the repositories the gateway serves now, so that the first restore after
- * a start does not wait ~0.4 s for scrypt (Repository.prepareKeys). Best effort: a gateway
- * that is not up yet only means the first request derives its key itself.
+ * a start does not wait ~0.4 s for scrypt (KeyPreparer). Best effort: a gateway that is not up
+ * yet only means the first request derives its key itself.
  */
-async function prepareKeys(
-  gateway: StorageGatewayServiceClient,
-  deps: Pick<OperationDeps, "storeFor" | "password">,
-  logger: Logger,
-): Promise<void> {
+async function prepareKeys(gateway: StorageGatewayServiceClient, keys: KeyPreparer, logger: Logger): Promise<void> {
   const started = Date.now();
   try {
     const { repositories } = await callUnary(gateway, "listRepositories", {}, { deadlineMs: 10_000 });
-    const stores = repositories.map((r) => deps.storeFor(r.name));
-    const prepared = await Repository.prepareKeys(stores, deps.password());
+    const prepared = await keys.prepare(
+      repositories.map((r) => r.name),
+      "service start",
+    );
     logger.info("repository keys prepared", {
-      repositories: prepared,
-      listed: stores.length,
+      repositories: prepared.length,
+      listed: repositories.length,
       ms: Date.now() - started,
     });
   } catch (err) {
