@@ -261,7 +261,14 @@ class ResticTool {
 
 /** One repetition: full, mutate, incremental, restore; each step for both tools, in `order`. */
 async function repetition(
-  ctx: { stack: BenchStack; watch: CompletionWatch; restic: Restic | undefined; corpus: string; runDir: string },
+  ctx: {
+    stack: BenchStack;
+    watch: CompletionWatch;
+    restic: Restic | undefined;
+    corpus: string;
+    runDir: string;
+    keep: boolean;
+  },
   rep: number,
   order: ToolName[],
 ): Promise<StepResult[]> {
@@ -304,6 +311,8 @@ async function repetition(
     const root = tool === "iotvault" ? target : Restic.restoredPath(target, src);
     assertSameTree(expected, root, `the ${tool} restore of rep ${rep}`);
   }
+  // The copy, the repositories and the restores (~4.5x the corpus) go before the next repetition.
+  if (!ctx.keep) rmSync(dir, { recursive: true, force: true });
   return results;
 }
 
@@ -344,6 +353,7 @@ async function gatewayVersusDirect(
   corpus: string,
   runDir: string,
   reps: number,
+  keep: boolean,
 ): Promise<DirectResult[]> {
   const address = stack.address("storage-gateway");
   const client = createClient(StorageGatewayServiceClient, address);
@@ -384,6 +394,10 @@ async function gatewayVersusDirect(
           );
         } finally {
           await repo.close();
+          if (!keep) {
+            rmSync(dir, { recursive: true, force: true });
+            rmSync(join(runDir, `${path}-restore-r${rep}`), { recursive: true, force: true });
+          }
         }
       }
     }
@@ -441,7 +455,13 @@ function maxOf(results: StepResult[], tool: ToolName, key: string): number {
 /** Fails early when the work directory's file system cannot hold the run (copies, restores, repositories). */
 function checkDiskSpace(o: Options): void {
   const MiB = 1024 * 1024;
-  const needed = o.sizeMiB * MiB * (2 + 4.5 * o.reps + (o.double ? 3 : 0) + (o.direct ? 0.7 * o.reps : 0));
+  // In corpus sizes: the corpus and its changed copy's headroom (2), each repetition's copy,
+  // repositories and restores (4.5), each in-process pair (1.3 each), the doubled corpus and its
+  // repository (3). Without --keep a repetition's directories go before the next one.
+  const steps = o.keep
+    ? 4.5 * o.reps + (o.direct ? 2.6 * o.reps : 0) + (o.double ? 3 : 0)
+    : Math.max(4.5, o.direct ? 1.3 : 0) + (o.double ? 3 : 0);
+  const needed = o.sizeMiB * MiB * (2 + steps);
   mkdirSync(o.workdir, { recursive: true });
   const fs = statfsSync(o.workdir);
   const free = fs.bavail * fs.bsize;
@@ -485,9 +505,9 @@ async function main(): Promise<void> {
     console.log(`services up; ${restic ? restic.version : "restic skipped"}; page cache warm (nothing dropped)`);
     for (let rep = 1; rep <= o.reps; rep++) {
       const order: ToolName[] = rep % 2 ? ["iotvault", "restic"] : ["restic", "iotvault"];
-      steps.push(...(await repetition({ stack, watch, restic, corpus: corpus.dir, runDir }, rep, order)));
+      steps.push(...(await repetition({ stack, watch, restic, corpus: corpus.dir, runDir, keep: o.keep }, rep, order)));
     }
-    if (o.direct) direct = await gatewayVersusDirect(stack, corpus.dir, runDir, o.reps);
+    if (o.direct) direct = await gatewayVersusDirect(stack, corpus.dir, runDir, o.reps, o.keep);
     if (o.double) doubled = await doubledPeak(stack, watch, o.workdir, runDir, o);
   } finally {
     await watch.close();
