@@ -72,11 +72,15 @@ export class KeyPreparer {
       }
       if (opened) {
         this.remember(name);
-        this.options.onPrepared?.({ repository: name, reason, ms: Date.now() - started });
+        try {
+          this.options.onPrepared?.({ repository: name, reason, ms: Date.now() - started });
+        } catch {
+          // a failing callback (a log line) changes nothing about the key
+        }
       }
       return opened;
     });
-    this.tail = job;
+    this.tail = job.catch(() => false);
     this.pending.set(name, job);
     try {
       return (await job) ? "derived" : "failed";

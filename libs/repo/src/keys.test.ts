@@ -137,6 +137,15 @@ test("KeyPreparer derives each repository's key once, one at a time, and tries a
   });
   assert.deepEqual(await unreadable.prepare(["a"], "unreadable"), []);
   assert.equal(unreadable.has("a"), false);
+  // A callback that throws neither fails the call nor stops the ones after it.
+  keys.forgetDerivedKeys();
+  const throwing = new KeyPreparer(storeFor, () => PASSWORD, {
+    onPrepared: () => {
+      throw new Error("the log is gone");
+    },
+  });
+  assert.deepEqual(await throwing.prepare(["a"], "first"), ["a"]);
+  assert.deepEqual(await throwing.prepare(["b"], "second"), ["b"]);
 });
 
 test("key remove: refuses the last slot and the slot in use; removes another", async () => {
