@@ -1,8 +1,12 @@
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { once } from "node:events";
+import { createServer, type AddressInfo } from "node:net";
 import { createHash, createHmac, randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
 import { request } from "node:http";
 import { test } from "node:test";
+import { IotvaultError } from "@iotvault/errors";
 import { missingRadosgwPrograms, startRadosgw, type RadosgwHandle } from "./index.js";
 
 const missing = missingRadosgwPrograms();
@@ -59,8 +63,32 @@ function s3Request(
 if (missing.length > 0) {
   void test("startRadosgw", (t) => t.skip(`Ceph radosgw is not installed: missing ${missing.join(", ")}`));
 } else {
+  void test("startRadosgw: a start that fails says why, stops what it started, and the next call starts anew", async () => {
+    // A deadline already past: the cluster is made, then the wait for radosgw gives up at once.
+    // (The failed start used to wait for its own promise while stopping, and never ended.)
+    let dir = "";
+    await assert.rejects(startRadosgw({ readyTimeoutMs: 1 }), (err: unknown) => {
+      assert.ok(err instanceof IotvaultError);
+      assert.match(err.message, /^radosgw did not start: radosgw on 127\.0\.0\.1:\d+ did not answer in time/);
+      dir = String(err.details?.["dir"]);
+      return true;
+    });
+    assert.match(dir, /iotvault-ceph-/);
+    assert.equal(existsSync(dir), false, "the failed cluster's directory is removed");
+    // Other test processes may run clusters of their own: only this one's daemons count.
+    const left = spawnSync("pgrep", ["-f", `${dir}/ceph.conf`], { encoding: "utf8" }).stdout.trim();
+    assert.equal(left, "", "no daemon of the failed cluster is left");
+  });
+
   void test("startRadosgw: a real S3 endpoint with SigV4, shared per process, stopped completely", async (t) => {
-    const s3 = await startRadosgw();
+    // The first attempt gets a port another process holds: radosgw cannot bind it, and the
+    // start is tried again on a free one.
+    const holder = createServer().listen(0, "127.0.0.1");
+    await once(holder, "listening");
+    const taken = (holder.address() as AddressInfo).port;
+    t.after(() => holder.close());
+    const s3 = await startRadosgw({ port: taken });
+    assert.notEqual(s3.port, taken, "started again on another port");
     let stopped = false;
     t.after(async () => {
       if (!stopped) await s3.stop();

@@ -59,8 +59,10 @@ export interface RadosgwHandle {
 }
 
 export interface StartRadosgwOptions {
-  /** How long to wait for the cluster (default 90 s). */
+  /** How long to wait for the cluster (default 90 s), each attempt. */
   readyTimeoutMs?: number;
+  /** radosgw's port in the first attempt (default: a free one); a second attempt takes a free one. */
+  port?: number;
 }
 
 /** The missing programs startRadosgw needs, with their Debian packages; empty when all are there. */
@@ -71,6 +73,8 @@ export function missingRadosgwPrograms(): string[] {
 }
 
 let shared: Promise<RadosgwHandle> | undefined;
+/** The cluster `shared` resolved to (set once its start succeeded). */
+let sharedCluster: CephCluster | undefined;
 
 /**
  * The test process's radosgw, started on first use (FAILED_PRECONDITION naming the missing
@@ -78,10 +82,13 @@ let shared: Promise<RadosgwHandle> | undefined;
  * skip with its message). Concurrent callers share one start.
  */
 export function startRadosgw(options: StartRadosgwOptions = {}): Promise<RadosgwHandle> {
-  shared ??= startCluster(options).catch((err: unknown) => {
-    shared = undefined;
-    throw err;
-  });
+  shared ??= startOnce(options).then(
+    (cluster) => (sharedCluster = cluster),
+    (err: unknown) => {
+      shared = undefined;
+      throw err;
+    },
+  );
   return shared;
 }
 
@@ -131,7 +138,11 @@ class CephCluster implements RadosgwHandle {
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
-    if (shared && (await shared.catch(() => undefined)) === this) shared = undefined;
+    // Not by awaiting `shared`: a start that fails stops its cluster from inside that promise.
+    if (sharedCluster === this) {
+      shared = undefined;
+      sharedCluster = undefined;
+    }
     await Promise.all(this.children.map((child) => terminate(child)));
     this.unregister?.();
     await this.temp.cleanup();
@@ -155,7 +166,22 @@ class CephCluster implements RadosgwHandle {
   }
 }
 
-async function startCluster(options: StartRadosgwOptions): Promise<RadosgwHandle> {
+/**
+ * Starts a cluster, and once more on new ports when a daemon exited or a command failed
+ * (UNAVAILABLE): test processes run side by side, and a port found free can be taken by another
+ * one before the daemon binds it. A deadline passed or a missing program is not tried again.
+ */
+async function startOnce(options: StartRadosgwOptions): Promise<CephCluster> {
+  try {
+    return await startCluster(options);
+  } catch (err) {
+    if (!(err instanceof IotvaultError) || err.code !== "UNAVAILABLE") throw err;
+    const { port: _taken, ...fresh } = options;
+    return startCluster(fresh);
+  }
+}
+
+async function startCluster(options: StartRadosgwOptions): Promise<CephCluster> {
   const missing = missingRadosgwPrograms();
   if (missing.length > 0) {
     throw new IotvaultError("FAILED_PRECONDITION", `radosgw cannot start: missing ${missing.join(", ")}`, {
@@ -163,7 +189,11 @@ async function startCluster(options: StartRadosgwOptions): Promise<RadosgwHandle
     });
   }
   const began = Date.now();
-  const cluster = new CephCluster(await tempDir("iotvault-ceph-"), await freePort(), await freePort());
+  const cluster = new CephCluster(
+    await tempDir("iotvault-ceph-"),
+    await freePort(),
+    options.port ?? (await freePort()),
+  );
   const deadline = began + (options.readyTimeoutMs ?? 90_000);
   try {
     await bootstrap(cluster);
@@ -188,6 +218,7 @@ async function startCluster(options: StartRadosgwOptions): Promise<RadosgwHandle
     throw new IotvaultError(e.code, `radosgw did not start: ${e.message}${logs ? `\n${logs}` : ""}`, {
       hint: e.hint ?? "read the daemon logs above",
       cause: err,
+      details: { dir: cluster.dir },
     });
   }
   cluster.startupMs = Date.now() - began;
