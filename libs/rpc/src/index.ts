@@ -10,7 +10,8 @@
  * - `createClient` + `callUnary` / `callServerStream` / `callClientStream` call them with
  *   promises and async iterables; every error comes back as the server's IotvaultError.
  * - `checkHealth` asks a server's health service; `GatewayObjectStore` is the ObjectStore of a
- *   repository behind the storage-gateway.
+ *   repository behind the storage-gateway; `prepareGatewayKeys` derives the keys of the
+ *   repositories it serves at a service's start.
  *
  * ```ts
  * const handle = await startGrpcServer({
@@ -62,6 +63,7 @@ export {
   type CreateClientOptions,
   type GatewayObjectStoreOptions,
 } from "./client-only.js";
+export { prepareGatewayKeys } from "./gateway-keys.js";
 export {
   type UnaryMethod,
   type ServerStreamMethod,

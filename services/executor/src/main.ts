@@ -15,7 +15,7 @@ import {
   StorageGatewayServiceClient,
 } from "@iotvault/proto";
 import { KeyPreparer, keepWorkerThreadsReady, workerThreadsOf } from "@iotvault/repo";
-import { GatewayObjectStore, callUnary, createClient, startGrpcServer } from "@iotvault/rpc";
+import { GatewayObjectStore, createClient, prepareGatewayKeys, startGrpcServer } from "@iotvault/rpc";
 import { createLogger, startTelemetry, exitOnStartupError } from "@iotvault/telemetry";
 import { announceDeadLetteredRun, runBackup } from "./backup-run.js";
 
@@ -83,26 +83,9 @@ async function main(): Promise<void> {
   const keys = new KeyPreparer(storeFor, () => readRepositorySecret(process.env, config.repository), {
     onPrepared: (info) => logger.info("repository key prepared", info),
   });
-  const prepareStarted = Date.now();
-  void callUnary(gateway, "listRepositories", {}, { deadlineMs: 10_000 })
-    .then(async ({ repositories }) => {
-      const prepared = await keys.prepare(
-        repositories.map((r) => r.name),
-        "service start",
-      );
-      logger.info("repository keys prepared", {
-        repositories: prepared.length,
-        listed: repositories.length,
-        ms: Date.now() - prepareStarted,
-      });
-    })
-    .catch((err: unknown) =>
-      logger.info("repository keys not prepared ahead; the first run on each derives its own", {
-        reason: err instanceof Error ? err.message : String(err),
-      }),
-    );
+  void prepareGatewayKeys(gateway, (names) => keys.prepare(names, "service start"), logger);
   const jobOfThisSite = (reason: string) => (e: { job?: { repository: string; site: string } | undefined }) => {
-    if (e.job?.site === config.site && !keys.has(e.job.repository)) void keys.prepare([e.job.repository], reason);
+    if (e.job?.site === config.site) void keys.prepare([e.job.repository], reason);
   };
   const unwatch = [
     bus.watch(SUBJECTS.jobCreated, JobCreated, jobOfThisSite("job created")),

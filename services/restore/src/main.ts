@@ -20,8 +20,15 @@ import {
   type VerifyResponse,
 } from "@iotvault/proto";
 import { KeyPreparer, keepWorkerThreadsReady, workerThreadsOf } from "@iotvault/repo";
-import { GatewayObjectStore, callUnary, createClient, serverStream, startGrpcServer, unary } from "@iotvault/rpc";
-import { createLogger, startTelemetry, exitOnStartupError, type Logger } from "@iotvault/telemetry";
+import {
+  GatewayObjectStore,
+  createClient,
+  prepareGatewayKeys,
+  serverStream,
+  startGrpcServer,
+  unary,
+} from "@iotvault/rpc";
+import { createLogger, startTelemetry, exitOnStartupError } from "@iotvault/telemetry";
 import { restoreOperation, verifyOperation, type OperationDeps } from "./operations.js";
 import { diffOperation } from "./diff.js";
 import { drillOperation, type DrillDeps } from "./drill.js";
@@ -123,9 +130,9 @@ async function main(): Promise<void> {
       onPrepared: (info) => logger.info("repository key prepared", info),
     },
   );
-  void prepareKeys(gateway, keys, logger);
+  void prepareGatewayKeys(gateway, (names) => keys.prepare(names, "service start"), logger);
   const unwatch = bus.watch(SUBJECTS.backupCompleted, BackupCompleted, (e) => {
-    if (!keys.has(e.repository)) void keys.prepare([e.repository], "backup completed");
+    void keys.prepare([e.repository], "backup completed");
   });
 
   let stopping = false;
@@ -170,31 +177,6 @@ function walFetchCommand(
       ...(env["IOTVAULT_CONFIG"] ? { IOTVAULT_CONFIG: env["IOTVAULT_CONFIG"] } : {}),
     },
   };
-}
-
-/**
- * Derives the keys of the repositories the gateway serves now, so that the first restore after
- * a start does not wait ~0.4 s for scrypt (KeyPreparer). Best effort: a gateway that is not up
- * yet only means the first request derives its key itself.
- */
-async function prepareKeys(gateway: StorageGatewayServiceClient, keys: KeyPreparer, logger: Logger): Promise<void> {
-  const started = Date.now();
-  try {
-    const { repositories } = await callUnary(gateway, "listRepositories", {}, { deadlineMs: 10_000 });
-    const prepared = await keys.prepare(
-      repositories.map((r) => r.name),
-      "service start",
-    );
-    logger.info("repository keys prepared", {
-      repositories: prepared.length,
-      listed: repositories.length,
-      ms: Date.now() - started,
-    });
-  } catch (err) {
-    logger.info("repository keys not prepared ahead; the first operation on each derives its own", {
-      reason: err instanceof Error ? err.message : String(err),
-    });
-  }
 }
 
 main().catch((err: unknown) => exitOnStartupError("restore", err));
