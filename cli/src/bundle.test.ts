@@ -1,7 +1,8 @@
 /**
  * cli/bundle (scripts/bundle-cli.mjs, part of `npm run build`): the bin runs it only while it is
- * current, and a command run from it loads what it loads from cli/dist, from a few files. The
- * end-to-end suites run every command through the bin, that is, through the bundle.
+ * current, compiles it with the code cache it keeps per command, and a command run from it
+ * evaluates what it evaluates from cli/dist. The end-to-end suites run every command through the
+ * bin, that is, through the bundle.
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
@@ -9,7 +10,9 @@ import {
   copyFileSync,
   existsSync,
   mkdirSync,
+  mkdtempSync,
   readFileSync,
+  readdirSync,
   rmSync,
   statSync,
   utimesSync,
@@ -19,14 +22,14 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { test } from "node:test";
-import { HEAVY, loadedBy } from "./test-support.js";
+import { HEAVY, bundleLoadsOf } from "./test-support.js";
 
 const ROOT = fileURLToPath(new URL("../../", import.meta.url));
 const BIN = join(ROOT, "cli", "bin", "iotvault.js");
 const BUNDLE = join(ROOT, "cli", "bundle");
 
 interface Metafile {
-  outputs: Record<string, { inputs: Record<string, unknown> }>;
+  inputs: Record<string, unknown>;
 }
 
 /** The bundle of this checkout; the suite runs after `npm run build` (test.sh: bootstrap). */
@@ -35,16 +38,22 @@ function bundleMeta(): Metafile {
   return JSON.parse(readFileSync(join(BUNDLE, "meta.json"), "utf8")) as Metafile;
 }
 
-/** The modules the bundled files loaded by a run were made from, as /path from the checkout. */
-function bundledInputs(meta: Metafile, urls: string[]): string[] {
-  const inputs = new Set<string>();
-  for (const url of urls) {
-    if (!url.startsWith("file:")) continue;
-    const file = fileURLToPath(url).slice(ROOT.length);
-    for (const input of Object.keys(meta.outputs[file]?.inputs ?? {})) inputs.add(`/${input}`);
+/**
+ * The tracer sees a bundled module when its initializer first runs; a module that esbuild put
+ * at the script's top level runs at every start, unseen. Each heavy module in the bundle must
+ * therefore be behind an initializer (keyed by its path), or the traces below could miss it.
+ */
+void test("every heavy module in the bundle is evaluated on first use only", () => {
+  const text = readFileSync(join(BUNDLE, "main.cjs"), "utf8");
+  const heavy = Object.keys(bundleMeta().inputs).filter((i) => HEAVY.some((p) => p.test(`/${i}`)));
+  assert.ok(heavy.length > 0, "no heavy module in the bundle: the check would prove nothing");
+  for (const input of heavy) {
+    assert.ok(
+      text.includes(`__esm({${JSON.stringify(input)}`) || text.includes(`__commonJS({${JSON.stringify(input)}`),
+      `${input} runs at every start of the bundle`,
+    );
   }
-  return [...inputs];
-}
+});
 
 void test("the bin runs the bundle while it is current, and cli/dist when a file it was made from is newer", () => {
   const dir = join(tmpdir(), `iotvault-bin-${process.pid}`);
@@ -52,13 +61,16 @@ void test("the bin runs the bundle while it is current, and cli/dist when a file
   try {
     for (const d of ["cli/bin", "cli/bundle", "cli/dist"]) mkdirSync(join(dir, d), { recursive: true });
     copyFileSync(BIN, join(dir, "cli/bin/iotvault.js"));
-    writeFileSync(join(dir, "cli/bundle/main.js"), 'process.stdout.write("bundle");\n');
+    writeFileSync(join(dir, "cli/bundle/main.cjs"), 'process.stdout.write("bundle");\n');
     writeFileSync(join(dir, "cli/dist/main.js"), 'process.stdout.write("dist");\n');
     const input = join(dir, "cli/dist/main.js");
     const manifest = join(dir, "cli/bundle/inputs.json");
     writeFileSync(manifest, JSON.stringify({ newest: statSync(input).mtimeMs, inputs: ["cli/dist/main.js"] }));
     const run = () => {
-      const r = spawnSync(process.execPath, [join(dir, "cli/bin/iotvault.js")], { encoding: "utf8" });
+      const r = spawnSync(process.execPath, [join(dir, "cli/bin/iotvault.js")], {
+        encoding: "utf8",
+        env: { ...process.env, XDG_CACHE_HOME: join(dir, "cache") },
+      });
       assert.equal(r.status, 0, r.stderr);
       return r.stdout;
     };
@@ -77,31 +89,89 @@ void test("the bin runs the bundle while it is current, and cli/dist when a file
   }
 });
 
-void test("this checkout's bin runs the bundle, and `wal-push --help` from it loads no heavy module", () => {
-  const meta = bundleMeta();
-  const urls = loadedBy(BIN, ["wal-push", "--help"]);
-  const files = urls.filter((u) => u.startsWith("file:")).map((u) => fileURLToPath(u).slice(ROOT.length));
+void test("this checkout's bin runs the bundle, and `wal-push --help` from it evaluates no heavy module", () => {
+  const { modules, required } = bundleLoadsOf(BIN, ["wal-push", "--help"]);
   assert.ok(
-    files.includes("cli/bundle/main.js"),
-    `the bundle did not run (is it older than cli/dist?): ${files.join(" ")}`,
+    modules.includes("/cli/dist/postgres.js"),
+    `the command's own module was not evaluated: ${modules.join(" ")}`,
   );
-  // Everything came from the bundle, except the packages kept outside it (native addons).
-  const outside = files.filter((f) => !f.startsWith("cli/bin/") && !f.startsWith("cli/bundle/"));
-  for (const f of outside) assert.match(f, /^node_modules\/zstd-napi\//, `loaded from outside the bundle: ${f}`);
-  const inputs = bundledInputs(meta, urls);
-  assert.ok(inputs.includes("/cli/dist/postgres.js"), "the command's own module was loaded");
   for (const pattern of HEAVY) {
-    const hit = inputs.find((i) => pattern.test(i));
-    assert.equal(hit, undefined, `wal-push loaded a chunk made from ${hit}`);
+    const hit = modules.find((m) => pattern.test(m));
+    assert.equal(hit, undefined, `wal-push evaluated ${hit}`);
+  }
+  // Everything came from the bundle, except the packages kept outside it (native addons).
+  for (const f of required) assert.match(f, /\/node_modules\/zstd-napi\//, `required from outside the bundle: ${f}`);
+});
+
+void test("`restore --help` from the bundle evaluates no repository library", () => {
+  const { modules, required } = bundleLoadsOf(BIN, ["restore", "--help"]);
+  assert.ok(modules.includes("/cli/dist/commands.js"), "the command's own module was evaluated");
+  for (const pattern of [...HEAVY, /\/repo\/dist\//, /\/node_modules\/zstd-napi\//]) {
+    const hit = [...modules, ...required].find((m) => pattern.test(m));
+    assert.equal(hit, undefined, `restore evaluated ${hit}`);
   }
 });
 
-void test("`restore --help` from the bundle loads no repository library", () => {
-  const meta = bundleMeta();
-  const inputs = bundledInputs(meta, loadedBy(BIN, ["restore", "--help"]));
-  assert.ok(inputs.includes("/cli/dist/commands.js"), "the command's own module was loaded");
-  for (const pattern of [...HEAVY, /\/repo\/dist\//, /\/node_modules\/zstd-napi\//]) {
-    const hit = inputs.find((i) => pattern.test(i));
-    assert.equal(hit, undefined, `restore loaded a chunk made from ${hit}`);
+void test("each command's compiled code is kept in the user's cache directory; a bad or missing cache only costs the compile", () => {
+  const home = mkdtempSync(join(tmpdir(), "iotvault-cache-"));
+  try {
+    const run = (args: string[], cacheHome = home) =>
+      spawnSync(process.execPath, [BIN, ...args], {
+        encoding: "utf8",
+        env: { ...process.env, XDG_CACHE_HOME: cacheHome, IOTVAULT_HOME: "/nonexistent-iotvault-home" },
+      });
+    const dir = join(home, "iotvault", "cli");
+    const cacheOf = (command: string) => readdirSync(dir).filter((f) => f.startsWith(`${command}.`));
+    const usage = /usage: iotvault wal-push/;
+
+    let r = run(["wal-push", "--help"]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, usage);
+    const files = cacheOf("wal-push");
+    assert.ok(files.length === 1 && files[0]!.endsWith(".v8cache"), `one cache file: ${readdirSync(dir).join(" ")}`);
+    const path = join(dir, files[0]!);
+    assert.equal(statSync(dir).mode & 0o777, 0o700);
+    assert.equal(statSync(path).mode & 0o777, 0o600);
+    assert.ok(statSync(path).size > 10_000, "the cache holds compiled code");
+
+    // Used as it is: not written again.
+    const past = new Date("2001-01-01T00:00:00Z");
+    utimesSync(path, past, past);
+    r = run(["wal-push", "--help"]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(statSync(path).mtimeMs, past.getTime(), "the cache was accepted, not rewritten");
+
+    // A damaged cache: V8 refuses it, the command runs, the cache is made again.
+    writeFileSync(path, "not a code cache");
+    r = run(["wal-push", "--help"]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, usage);
+    assert.ok(statSync(path).size > 10_000, "the damaged cache was replaced");
+
+    // This checkout's caches of another bundle (or Node.js) go when a new one is written; those
+    // of another checkout stay.
+    const checkout = files[0]!.split(".")[1]!.split("-")[0]!;
+    const stale = join(dir, `wal-push.${checkout}-1-2-v0.0.0-x64.v8cache`);
+    const elsewhere = join(dir, `wal-push.other${checkout}-1-2-v0.0.0-x64.v8cache`);
+    writeFileSync(stale, "old");
+    writeFileSync(elsewhere, "another checkout's");
+    rmSync(path);
+    r = run(["wal-push", "--help"]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.ok(existsSync(path) && !existsSync(stale) && existsSync(elsewhere), readdirSync(dir).join(" "));
+
+    // A command that fails leaves no cache (it may have compiled little of what it needs).
+    r = run(["restore"]);
+    assert.equal(r.status, 2, r.stderr);
+    assert.deepEqual(cacheOf("restore"), []);
+
+    // No usable cache directory (here a file): the command still runs.
+    const notADir = join(home, "a-file");
+    writeFileSync(notADir, "");
+    r = run(["wal-push", "--help"], notADir);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, usage);
+  } finally {
+    rmSync(home, { recursive: true, force: true });
   }
 });

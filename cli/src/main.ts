@@ -155,4 +155,8 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
-process.exitCode = await main(process.argv.slice(2));
+// Not a top-level await: the bundle (scripts/bundle-cli.mjs) is a CommonJS script, loaded with
+// V8's code cache by the bin.
+void main(process.argv.slice(2)).then((code) => {
+  process.exitCode = code;
+});
