@@ -44,14 +44,24 @@ function cacheFileOf(bundle) {
 }
 
 /**
+ * A code cache is code that runs in every later call: it is read from, and written into, only a
+ * directory of this user's that no one else may write into (a shared XDG_CACHE_HOME, say under
+ * /tmp, is not used), and only a file of this user's.
+ */
+function ownedByMe(path, dir) {
+  const s = statSync(path);
+  if (process.getuid && s.uid !== process.getuid()) return false;
+  return dir ? s.isDirectory() && (s.mode & 0o022) === 0 : s.isFile();
+}
+
+/**
  * Writes the code cache (atomically) and removes this checkout's caches of other bundles or
  * Node.js versions; never fails the command.
  */
 function saveCache(script, cache) {
   try {
     mkdirSync(cache.dir, { recursive: true, mode: 0o700 });
-    // Code from this file runs in every later call: only in a directory of this user's own.
-    if (process.getuid && statSync(cache.dir).uid !== process.getuid()) return;
+    if (!ownedByMe(cache.dir, true)) return;
     const tmp = join(cache.dir, `.${cache.name}.${process.pid}`);
     writeFileSync(tmp, script.createCachedData(), { mode: 0o600 });
     renameSync(tmp, join(cache.dir, cache.name));
@@ -72,7 +82,8 @@ function runBundle() {
   let cached;
   try {
     cache = cacheFileOf(BUNDLE);
-    if (cache) cached = readFileSync(join(cache.dir, cache.name));
+    const file = cache && join(cache.dir, cache.name);
+    if (file && ownedByMe(cache.dir, true) && ownedByMe(file, false)) cached = readFileSync(file);
   } catch {
     cached = undefined;
   }

@@ -7,6 +7,7 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import {
+  chmodSync,
   copyFileSync,
   existsSync,
   mkdirSync,
@@ -164,6 +165,14 @@ void test("each command's compiled code is kept in the user's cache directory; a
     r = run(["restore"]);
     assert.equal(r.status, 2, r.stderr);
     assert.deepEqual(cacheOf("restore"), []);
+
+    // A cache directory others may write into is not used (its code would run in our calls).
+    const shared = join(home, "shared");
+    mkdirSync(join(shared, "iotvault", "cli"), { recursive: true });
+    chmodSync(join(shared, "iotvault", "cli"), 0o777);
+    r = run(["wal-push", "--help"], shared);
+    assert.equal(r.status, 0, r.stderr);
+    assert.deepEqual(readdirSync(join(shared, "iotvault", "cli")), []);
 
     // No usable cache directory (here a file): the command still runs.
     const notADir = join(home, "a-file");
