@@ -56,7 +56,8 @@ function ownedByMe(path, dir) {
 
 /**
  * Writes the code cache (atomically) and removes this checkout's caches of other bundles or
- * Node.js versions; never fails the command.
+ * Node.js versions, and the caches of other checkouts written more than 30 days ago (a checkout
+ * that is gone leaves none for long); never fails the command.
  */
 function saveCache(script, cache) {
   try {
@@ -65,10 +66,13 @@ function saveCache(script, cache) {
     const tmp = join(cache.dir, `.${cache.name}.${process.pid}`);
     writeFileSync(tmp, script.createCachedData(), { mode: 0o600 });
     renameSync(tmp, join(cache.dir, cache.name));
+    const monthAgo = Date.now() - 30 * 24 * 3600 * 1000;
     for (const f of readdirSync(cache.dir)) {
       if (!f.endsWith(".v8cache")) continue;
       const stamp = f.slice(f.indexOf(".") + 1, -".v8cache".length);
-      if (stamp.startsWith(`${cache.checkout}-`) && stamp !== cache.stamp) unlinkSync(join(cache.dir, f));
+      const path = join(cache.dir, f);
+      const stale = stamp.startsWith(`${cache.checkout}-`) ? stamp !== cache.stamp : statSync(path).mtimeMs < monthAgo;
+      if (stale) unlinkSync(path);
     }
   } catch {
     // no cache this time

@@ -150,16 +150,21 @@ void test("each command's compiled code is kept in the user's cache directory; a
     assert.ok(statSync(path).size > 10_000, "the damaged cache was replaced");
 
     // This checkout's caches of another bundle (or Node.js) go when a new one is written; those
-    // of another checkout stay.
+    // of another checkout stay, unless written more than 30 days ago.
     const checkout = files[0]!.split(".")[1]!.split("-")[0]!;
     const stale = join(dir, `wal-push.${checkout}-1-2-v0.0.0-x64.v8cache`);
     const elsewhere = join(dir, `wal-push.other${checkout}-1-2-v0.0.0-x64.v8cache`);
+    const gone = join(dir, `restore.gone${checkout}-1-2-v0.0.0-x64.v8cache`);
     writeFileSync(stale, "old");
     writeFileSync(elsewhere, "another checkout's");
+    writeFileSync(gone, "a checkout's that is gone");
+    const twoMonthsAgo = new Date(Date.now() - 60 * 24 * 3600 * 1000);
+    utimesSync(gone, twoMonthsAgo, twoMonthsAgo);
     rmSync(path);
     r = run(["wal-push", "--help"]);
     assert.equal(r.status, 0, r.stderr);
-    assert.ok(existsSync(path) && !existsSync(stale) && existsSync(elsewhere), readdirSync(dir).join(" "));
+    const left = readdirSync(dir).join(" ");
+    assert.ok(existsSync(path) && !existsSync(stale) && existsSync(elsewhere) && !existsSync(gone), left);
 
     // A command that fails leaves no cache (it may have compiled little of what it needs).
     r = run(["restore"]);
