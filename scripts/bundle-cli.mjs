@@ -91,6 +91,8 @@ const metafile = {
 for (const file of Object.keys(metafile.outputs)) {
   if (!/\.c?js$/.test(file)) continue; // not the source maps
   const text = readFileSync(join(root, file), "utf8");
+  // The bin compiles main.cjs with node:vm, which gives the script no loader for import().
+  if (file.endsWith(".cjs") && /\bimport\(/.test(text)) throw new Error(`${file} calls import(): see supported above`);
   for (const m of text.matchAll(/new URL\("(\.\/[^"]+)",\s*(?:import\.meta\.url|__iotvaultModuleUrl)\)/g)) {
     const beside = join(root, file, "..", m[1]);
     try {

@@ -27,12 +27,13 @@ function bundleIsCurrent() {
 
 /**
  * Where this command's code cache goes: $XDG_CACHE_HOME/iotvault/cli (or ~/.cache/iotvault/cli),
- * named by the command, the checkout, the bundle (its mtime and size) and the Node.js version. Undefined when
- * there is no such directory of this user's to use.
+ * named by the command, the checkout, the bundle (its mtime and size) and the Node.js version.
+ * Undefined without a cache directory, and for a call that only asks for a command's usage (its
+ * cache would hold little of what the command runs).
  */
 function cacheFileOf(bundle) {
   const home = process.env.XDG_CACHE_HOME || (process.env.HOME ? join(process.env.HOME, ".cache") : "");
-  if (!home) return undefined;
+  if (!home || process.argv.includes("--help") || process.argv.includes("-h")) return undefined;
   const command = /^[a-z][a-z-]{0,31}$/.test(process.argv[2] ?? "") ? process.argv[2] : "other";
   const s = statSync(bundle);
   // The checkout's path in the name too: two checkouts of one user keep their own caches.

@@ -123,12 +123,12 @@ void test("each command's compiled code is kept in the user's cache directory; a
       });
     const dir = join(home, "iotvault", "cli");
     const cacheOf = (command: string) => readdirSync(dir).filter((f) => f.startsWith(`${command}.`));
-    const usage = /usage: iotvault wal-push/;
+    const usage = /usage: iotvault <command>/;
 
-    let r = run(["wal-push", "--help"]);
+    let r = run(["help"]);
     assert.equal(r.status, 0, r.stderr);
     assert.match(r.stdout, usage);
-    const files = cacheOf("wal-push");
+    const files = cacheOf("help");
     assert.ok(files.length === 1 && files[0]!.endsWith(".v8cache"), `one cache file: ${readdirSync(dir).join(" ")}`);
     const path = join(dir, files[0]!);
     assert.equal(statSync(dir).mode & 0o777, 0o700);
@@ -138,13 +138,13 @@ void test("each command's compiled code is kept in the user's cache directory; a
     // Used as it is: not written again.
     const past = new Date("2001-01-01T00:00:00Z");
     utimesSync(path, past, past);
-    r = run(["wal-push", "--help"]);
+    r = run(["help"]);
     assert.equal(r.status, 0, r.stderr);
     assert.equal(statSync(path).mtimeMs, past.getTime(), "the cache was accepted, not rewritten");
 
     // A damaged cache: V8 refuses it, the command runs, the cache is made again.
     writeFileSync(path, "not a code cache");
-    r = run(["wal-push", "--help"]);
+    r = run(["help"]);
     assert.equal(r.status, 0, r.stderr);
     assert.match(r.stdout, usage);
     assert.ok(statSync(path).size > 10_000, "the damaged cache was replaced");
@@ -152,8 +152,8 @@ void test("each command's compiled code is kept in the user's cache directory; a
     // This checkout's caches of another bundle (or Node.js) go when a new one is written; those
     // of another checkout stay, unless written more than 30 days ago.
     const checkout = files[0]!.split(".")[1]!.split("-")[0]!;
-    const stale = join(dir, `wal-push.${checkout}-1-2-v0.0.0-x64.v8cache`);
-    const elsewhere = join(dir, `wal-push.other${checkout}-1-2-v0.0.0-x64.v8cache`);
+    const stale = join(dir, `help.${checkout}-1-2-v0.0.0-x64.v8cache`);
+    const elsewhere = join(dir, `help.other${checkout}-1-2-v0.0.0-x64.v8cache`);
     const gone = join(dir, `restore.gone${checkout}-1-2-v0.0.0-x64.v8cache`);
     writeFileSync(stale, "old");
     writeFileSync(elsewhere, "another checkout's");
@@ -161,28 +161,31 @@ void test("each command's compiled code is kept in the user's cache directory; a
     const twoMonthsAgo = new Date(Date.now() - 60 * 24 * 3600 * 1000);
     utimesSync(gone, twoMonthsAgo, twoMonthsAgo);
     rmSync(path);
-    r = run(["wal-push", "--help"]);
+    r = run(["help"]);
     assert.equal(r.status, 0, r.stderr);
     const left = readdirSync(dir).join(" ");
     assert.ok(existsSync(path) && !existsSync(stale) && existsSync(elsewhere) && !existsSync(gone), left);
 
-    // A command that fails leaves no cache (it may have compiled little of what it needs).
+    // A command that fails, or a call for a command's usage, leaves no cache (it may have
+    // compiled little of what the command runs).
     r = run(["restore"]);
     assert.equal(r.status, 2, r.stderr);
+    r = run(["restore", "--help"]);
+    assert.equal(r.status, 0, r.stderr);
     assert.deepEqual(cacheOf("restore"), []);
 
     // A cache directory others may write into is not used (its code would run in our calls).
     const shared = join(home, "shared");
     mkdirSync(join(shared, "iotvault", "cli"), { recursive: true });
     chmodSync(join(shared, "iotvault", "cli"), 0o777);
-    r = run(["wal-push", "--help"], shared);
+    r = run(["help"], shared);
     assert.equal(r.status, 0, r.stderr);
     assert.deepEqual(readdirSync(join(shared, "iotvault", "cli")), []);
 
     // No usable cache directory (here a file): the command still runs.
     const notADir = join(home, "a-file");
     writeFileSync(notADir, "");
-    r = run(["wal-push", "--help"], notADir);
+    r = run(["help"], notADir);
     assert.equal(r.status, 0, r.stderr);
     assert.match(r.stdout, usage);
   } finally {
