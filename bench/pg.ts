@@ -257,8 +257,9 @@ async function main(): Promise<void> {
 
     // ---------------------------------------------------------------- archive lag (RPO)
     bench.results["rpo"] = await archiveLag(stack, cluster, o.rpo);
-    const push = await timedWalPush(stack, cluster, keyFile);
-    bench.note("wal-push of one 16 MiB segment (CLI process)", push);
+    const pushes = await timedWalPushes(stack, cluster, w);
+    bench.note("wal-push of one 16 MiB segment (CLI process, first call)", pushes[0]!);
+    for (const ms of pushes.slice(1)) bench.note("wal-push of one 16 MiB segment (CLI process)", ms);
 
     // ---------------------------------------------------------------- point-in-time recovery: WAL replay
     if (o.replay) {
@@ -425,15 +426,36 @@ async function archiveLag(stack: BenchStack, cluster: LocalCluster, n: number): 
 }
 
 /** One wal-push as archive_command runs it (a segment copied out of pg_wal). */
-async function timedWalPush(stack: BenchStack, cluster: LocalCluster, keyFile: string): Promise<number> {
+/**
+ * `wal-push` as a process, six calls: the first one of a user compiles the CLI and leaves its code
+ * cache (cli/README.md), the later ones start from it. Each pushes a copy of the current segment
+ * under another segment's name into a repository of its own ("walbench"), so that the cluster's
+ * archive never holds a segment that is not its own (the recoveries after this replay it).
+ */
+async function timedWalPushes(stack: BenchStack, cluster: LocalCluster, w: string): Promise<number[]> {
+  const keyFile = join(w, "walbench.key");
+  await stack.cli(["repo", "init", "walbench", "--url", `file://${join(w, "walbench")}`]);
+  await stack.cli(["key", "add", "--repo", "walbench", "--new-key-file", keyFile]);
   const name = String((await sql(cluster, "SELECT pg_walfile_name(pg_current_wal_lsn()) AS n"))[0]!["n"]);
-  const copy = join(stack.home, name);
-  execFileSync("cp", [join(cluster.dataDir, "pg_wal", name), copy]);
-  const r = await run(process.execPath, [CLI, "wal-push", "--repo", "main", "--pgdata", cluster.dataDir, copy], {
-    env: { ...stack.env, IOTVAULT_KEY_FILE: keyFile, IOTVAULT_PASSWORD_FILE: "" },
-  });
-  must(r, "wal-push");
-  return r.wallMs;
+  // A cache directory no earlier call has used: the first call below is a first call.
+  const env = {
+    ...stack.env,
+    IOTVAULT_KEY_FILE: keyFile,
+    IOTVAULT_PASSWORD_FILE: "",
+    XDG_CACHE_HOME: join(w, "walbench-cache"),
+  };
+  const times: number[] = [];
+  for (let i = 0; i < 6; i++) {
+    const copy = join(w, `0000000100000FFF000000${i.toString(16).toUpperCase().padStart(2, "0")}`);
+    execFileSync("cp", [join(cluster.dataDir, "pg_wal", name), copy]);
+    const r = await run(process.execPath, [CLI, "wal-push", "--repo", "walbench", "--pgdata", cluster.dataDir, copy], {
+      env,
+    });
+    must(r, "wal-push");
+    rmSync(copy);
+    times.push(r.wallMs);
+  }
+  return times;
 }
 
 async function logical(bench: Bench, stack: BenchStack, cluster: LocalCluster, w: string, reps: number): Promise<void> {
