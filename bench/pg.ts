@@ -425,7 +425,6 @@ async function archiveLag(stack: BenchStack, cluster: LocalCluster, n: number): 
   return { ...summarize(lags), unit: "ms" };
 }
 
-/** One wal-push as archive_command runs it (a segment copied out of pg_wal). */
 /**
  * `wal-push` as a process, six calls: the first one of a user compiles the CLI and leaves its code
  * cache (cli/README.md), the later ones start from it. Each pushes a copy of the current segment

@@ -72,18 +72,14 @@ process.on("exit", () => { for (const s of seen) process.stderr.write(s + "\\n")
  * evaluated (as /path from the checkout, e.g. /cli/dist/postgres.js) and the files it required
  * from outside the bundle (absolute paths).
  */
-export function bundleLoadsOf(
-  bin: string,
-  args: string[],
-  env: NodeJS.ProcessEnv = {},
-): { modules: string[]; required: string[] } {
+export function bundleLoadsOf(bin: string, args: string[]): { modules: string[]; required: string[] } {
   const dir = mkdtempSync(join(tmpdir(), "iotvault-trace-"));
   try {
     const preload = join(dir, "trace.cjs");
     writeFileSync(preload, BUNDLE_TRACE);
     const r = spawnSync(process.execPath, ["--require", preload, bin, ...args], {
       encoding: "utf8",
-      env: { ...process.env, IOTVAULT_HOME: "/nonexistent-iotvault-home", XDG_CACHE_HOME: join(dir, "cache"), ...env },
+      env: { ...process.env, IOTVAULT_HOME: "/nonexistent-iotvault-home", XDG_CACHE_HOME: join(dir, "cache") },
     });
     assert.equal(r.status, 0, r.stderr);
     const lines = r.stderr.split("\n");
