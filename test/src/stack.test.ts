@@ -81,7 +81,7 @@ describe("iotvault stack (embedded default)", { timeout: 300_000 }, () => {
       const environ = await readFile(`/proc/${c.pid}/environ`, "utf8");
       const has = environ.split("\0").some((v) => v.startsWith("IOTVAULT_PASSWORD_FILE="));
       assert.equal(has, c.name === "executor" || c.name === "restore", `${c.name} sees the repository secret: ${has}`);
-      // Each service runs with its Node options (the gateway and executor with a larger first heap limit).
+      // Each service runs with its Node options (the gateway, executor and restore service with a larger first heap limit).
       const argv = (await readFile(`/proc/${c.pid}/cmdline`, "utf8")).split("\0");
       const options = argv.slice(
         1,
@@ -89,11 +89,12 @@ describe("iotvault stack (embedded default)", { timeout: 300_000 }, () => {
       );
       assert.deepEqual(options, serviceNodeFlags(c.name, env), `${c.name}: ${argv.join(" ")}`);
     }
-    assert.ok(serviceNodeFlags("storage-gateway").includes("--initial-heap-size=128"));
-    assert.ok(serviceNodeFlags("executor").includes("--initial-heap-size=128"));
-    assert.ok(!serviceNodeFlags("restore").some((f) => f.startsWith("--initial-heap-size")));
+    for (const s of ["storage-gateway", "executor", "restore"])
+      assert.ok(serviceNodeFlags(s).includes("--initial-heap-size=128"), s);
+    for (const s of ["catalog", "scheduler"])
+      assert.ok(!serviceNodeFlags(s).some((f) => f.startsWith("--initial-heap-size")), s);
     // Source maps only when debugging (each service keeps every module's map in memory otherwise).
-    assert.deepEqual(serviceNodeFlags("restore", {}), []);
+    assert.deepEqual(serviceNodeFlags("catalog", {}), []);
     assert.deepEqual(serviceNodeFlags("executor", {}), ["--initial-heap-size=128"]);
     assert.deepEqual(serviceNodeFlags("executor", { IOTVAULT_DEBUG: "1" }), [
       "--enable-source-maps",

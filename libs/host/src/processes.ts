@@ -9,21 +9,23 @@ import { IotvaultError } from "@iotvault/errors";
  * (the Dockerfile's entrypoint and compose.yaml: no IOTVAULT_DEBUG there), the test and bench
  * stacks. `env` decides the debug options (IOTVAULT_DEBUG: source maps, below).
  *
- * The storage-gateway and the executor also run with --initial-heap-size=128 (MB): V8 sets a
- * heap's first old-generation limit from it. Both hold a small heap (~20-35 MB live) while
- * hundreds of megabytes pass through their buffers; with the default limit V8 started a major
- * GC every few MiB: the gateway ~60 in one restore of a 1 GiB corpus (a third of its CPU; with
- * 128 MB a handful, its CPU per restore fell from ~2.9 to ~1.1 s), the executor ~100 in one
- * physical backup of a pgbench -s 50 cluster (its main thread spent half its time in GC and
- * held the workers back; with 128 MB ~20, and the backups took 0.6-1 s less). The price is
- * garbage kept longer: 20-40 MiB more resident memory per process. docs/performance.md.
+ * The storage-gateway, the executor and the restore service also run with
+ * --initial-heap-size=128 (MB): V8 sets a heap's first old-generation limit from it. They hold a
+ * small heap (~20-35 MB live) while hundreds of megabytes pass through their buffers; with the
+ * default limit V8 started a major GC every few MiB: the gateway ~60 in one restore of a 1 GiB
+ * corpus (a third of its CPU; with 128 MB a handful, its CPU per restore fell from ~2.9 to
+ * ~1.1 s), the executor ~100 in one physical backup of a pgbench -s 50 cluster (its main thread
+ * spent half its time in GC and held the workers back; with 128 MB ~20, and the backups took
+ * 0.6-1 s less), the restore service's main thread ~0.46 s of a 3.5 s restore of that corpus
+ * (with 128 MB its restores were 5-7 % faster, ~0.2-0.3 CPU-s less). The price is garbage kept
+ * longer: 20-40 MiB more resident memory per process. docs/performance.md.
  */
 export function serviceNodeFlags(service: string, env: NodeJS.ProcessEnv = process.env): readonly string[] {
   const base = env["IOTVAULT_DEBUG"] ? DEBUG_NODE_FLAGS : [];
   return LARGER_FIRST_HEAP.has(service) ? [...base, "--initial-heap-size=128"] : base;
 }
 
-const LARGER_FIRST_HEAP = new Set(["storage-gateway", "executor"]);
+const LARGER_FIRST_HEAP = new Set(["storage-gateway", "executor", "restore"]);
 /**
  * With IOTVAULT_DEBUG set (as for the CLI), stack traces in the services' logs name the
  * TypeScript sources. Not by default: Node then reads and keeps the source map of every module
