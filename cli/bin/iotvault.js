@@ -15,27 +15,29 @@ import { Script } from "node:vm";
 
 const BUNDLE = fileURLToPath(new URL("../bundle/main.cjs", import.meta.url));
 
-function bundleIsCurrent() {
+/** The bundle's stat while it is current (newer than every file it was made from), else undefined. */
+function currentBundle() {
   try {
     const { newest, inputs } = JSON.parse(readFileSync(new URL("../bundle/inputs.json", import.meta.url), "utf8"));
     const root = new URL("../../", import.meta.url);
-    return inputs.every((f) => statSync(new URL(f, root)).mtimeMs <= newest) && statSync(BUNDLE).isFile();
+    const bundle = statSync(BUNDLE);
+    return inputs.every((f) => statSync(new URL(f, root)).mtimeMs <= newest) && bundle.isFile() ? bundle : undefined;
   } catch {
-    return false;
+    return undefined;
   }
 }
 
 /**
  * Where this command's code cache goes: $XDG_CACHE_HOME/iotvault/cli (or ~/.cache/iotvault/cli),
- * named by the command, the checkout, the bundle (its mtime and size) and the Node.js version.
+ * named by the command, the checkout, the bundle (its mtime and size, from its stat `s`) and the
+ * Node.js version.
  * Undefined without a cache directory, and for a call that only asks for a command's usage (its
  * cache would hold little of what the command runs).
  */
-function cacheFileOf(bundle) {
+function cacheFileOf(bundle, s) {
   const home = process.env.XDG_CACHE_HOME || (process.env.HOME ? join(process.env.HOME, ".cache") : "");
   if (!home || process.argv.includes("--help") || process.argv.includes("-h")) return undefined;
   const command = /^[a-z][a-z-]{0,31}$/.test(process.argv[2] ?? "") ? process.argv[2] : "other";
-  const s = statSync(bundle);
   // The checkout's path in the name too: two checkouts of one user keep their own caches.
   let where = 0;
   for (let i = 0; i < bundle.length; i++) where = (Math.imul(where, 31) + bundle.charCodeAt(i)) >>> 0;
@@ -80,13 +82,16 @@ function saveCache(script, cache) {
   }
 }
 
-/** Runs cli/bundle/main.cjs as Node.js runs a CommonJS module, compiled with the code cache. */
-function runBundle() {
+/**
+ * Runs cli/bundle/main.cjs as Node.js runs a CommonJS module, compiled with the code cache
+ * (`stat`: the bundle's, as currentBundle read it).
+ */
+function runBundle(stat) {
   const source = readFileSync(BUNDLE, "utf8").replace(/^#!.*/, "");
   let cache;
   let cached;
   try {
-    cache = cacheFileOf(BUNDLE);
+    cache = cacheFileOf(BUNDLE, stat);
     const file = cache && join(cache.dir, cache.name);
     if (file && ownedByMe(cache.dir, true) && ownedByMe(file, false)) cached = readFileSync(file);
   } catch {
@@ -104,7 +109,8 @@ function runBundle() {
   script.runInThisContext()(module.exports, createRequire(BUNDLE), module, BUNDLE, dirname(BUNDLE));
 }
 
-if (!bundleIsCurrent()) {
+const bundle = currentBundle();
+if (!bundle) {
   import("../dist/main.js").catch((err) => {
     if (err && err.code === "ERR_MODULE_NOT_FOUND") {
       process.stderr.write("iotvault: the CLI is not built; run `npm run bootstrap` in the iotvault checkout\n");
@@ -118,5 +124,5 @@ if (!bundleIsCurrent()) {
   process.setSourceMapsEnabled(true);
   createRequire(import.meta.url)(BUNDLE);
 } else {
-  runBundle();
+  runBundle(bundle);
 }
